@@ -1,0 +1,4 @@
+"""s7 networks (registered in timm on import), their blocks, receptive field and rule checker."""
+from models.nets import S7Net, s7, s7_dilated, s7_strided  # noqa: F401  (registers with timm)
+
+MODEL_NAMES = ("s7", "s7_strided", "s7_dilated")

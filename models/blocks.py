@@ -1,0 +1,68 @@
+"""Building blocks of the s7 networks: conv-BN-ReLU, the depthwise-separable conv, residual blocks, the GAP head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _same_padding(kernel: int, dilation: int) -> int:
+    return dilation * (kernel - 1) // 2
+
+
+class ConvBNAct(nn.Sequential):
+    """A full 3x3 (or kxk) convolution, BatchNorm and ReLU. `padding=None` keeps the size at stride 1."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
+                 padding: int | None = None) -> None:
+        pad = _same_padding(kernel, dilation) if padding is None else padding
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad, dilation=dilation, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise 3x3 (groups = in_channels, optional stride or dilation) then pointwise 1x1, each with BN.
+
+    `act_out=False` leaves the pointwise output un-activated so a residual sum can be taken first.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dilation: int = 1,
+                 padding: int | None = None, act_out: bool = True) -> None:
+        super().__init__()
+        pad = _same_padding(3, dilation) if padding is None else padding
+        self.depthwise = nn.Conv2d(c_in, c_in, 3, stride=stride, padding=pad, dilation=dilation,
+                                   groups=c_in, bias=False)
+        self.bn_dw = nn.BatchNorm2d(c_in)
+        self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn_pw = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU(inplace=True) if act_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn_dw(self.depthwise(x)))
+        return self.act(self.bn_pw(self.pointwise(x)))
+
+
+class ResidualDS(nn.Module):
+    """Two depthwise-separable convs at constant width with an identity shortcut (size kept)."""
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = DepthwiseSeparableConv(channels, channels)
+        self.conv2 = DepthwiseSeparableConv(channels, channels, dilation=dilation, act_out=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(self.conv1(x)))
+
+
+class OutputHead(nn.Module):
+    """O: a 1x1 conv maps channels to classes *before* global average pooling; nothing with weights follows GAP."""
+
+    def __init__(self, c_in: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(c_in, num_classes, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gap(self.classifier(x)).flatten(1)

@@ -1,0 +1,117 @@
+"""The three s7 networks, C1 C2 C3 C4 O with no MaxPool, registered in timm's model registry.
+
+- `s7_strided`: transitions are 3x3 stride-2 (depthwise-separable) convs: 32 -> 16 -> 8 -> 4.
+- `s7_dilated`: no stride anywhere; transitions are unpadded dilated convs: 32 -> 28 -> 20 -> 4.
+- `s7`: the headline net: two stride-2 transitions, then a padded dilated transition that keeps
+  C4 at 8x8 (more spatial detail for the last block at no parameter cost).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from models.blocks import ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WIDTHS = (32, 64, 96, 128)  # channels of C1..C4, sized to stay under 100k parameters
+
+
+class S7Net(nn.Module):
+    """C1 -> T1 -> C2 -> T2 -> C3 -> T3 -> C4 -> O. `transitions` names the style, read by the rule checker."""
+
+    def __init__(self, c1: nn.Module, t1: nn.Module, c2: nn.Module, t2: nn.Module, c3: nn.Module,
+                 t3: nn.Module, c4: nn.Module, head: nn.Module, transitions: str) -> None:
+        super().__init__()
+        self.c1, self.t1, self.c2, self.t2, self.c3, self.t3, self.c4 = c1, t1, c2, t2, c3, t3, c4
+        self.head = head
+        self.transitions = transitions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c3(self.t2(self.c2(self.t1(self.c1(x)))))
+        return self.head(self.c4(self.t3(x)))
+
+
+def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
+        t1=DepthwiseSeparableConv(w1, w2, stride=2),                         # -> 16x16
+        c2=ResidualDS(w2),
+        t2=DepthwiseSeparableConv(w2, w3, stride=2),                         # -> 8x8
+        c3=ResidualDS(w3, dilation=2),
+        t3=DepthwiseSeparableConv(w3, w4, stride=2),                         # -> 4x4
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+        transitions="strided",
+    )
+
+
+def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
+        t1=DepthwiseSeparableConv(w1, w2, dilation=2, padding=0),            # -> 28x28
+        c2=ResidualDS(w2, dilation=2),
+        t2=DepthwiseSeparableConv(w2, w3, dilation=4, padding=0),            # -> 20x20
+        c3=ResidualDS(w3, dilation=4),
+        t3=DepthwiseSeparableConv(w3, w4, dilation=8, padding=0),            # -> 4x4
+        c4=ResidualDS(w4, dilation=2),
+        head=OutputHead(w4, num_classes),
+        transitions="dilated",
+    )
+
+
+def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
+        t1=DepthwiseSeparableConv(w1, w2, stride=2),                         # -> 16x16
+        c2=ResidualDS(w2),
+        t2=DepthwiseSeparableConv(w2, w3, stride=2),                         # -> 8x8
+        c3=ResidualDS(w3, dilation=2),
+        t3=DepthwiseSeparableConv(w3, w4, dilation=2),                       # 8x8 kept, RF grows
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+        transitions="mixed",
+    )
+
+
+def _cfg(name: str) -> dict:
+    # timm loads pretrained=True from `file`, a local safetensors in the repository: no network.
+    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=10, input_size=(3, 32, 32),
+                pool_size=None, crop_pct=1.0, interpolation="bilinear",
+                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                first_conv="c1.0.0", classifier="head.classifier", license="mit")
+
+
+# Must exist before register_model runs: timm reads the module's default_cfgs at registration.
+default_cfgs = generate_default_cfgs({
+    "s7.cifar10": _cfg("s7"),
+    "s7_strided.cifar10": _cfg("s7_strided"),
+    "s7_dilated.cifar10": _cfg("s7_dilated"),
+})
+
+
+def _create(variant: str, builder, pretrained: bool, **kwargs) -> S7Net:
+    return build_model_with_cfg(builder, variant, pretrained, **kwargs)
+
+
+@register_model
+def s7(pretrained: bool = False, **kwargs) -> S7Net:
+    """Headline net: strided, strided, dilated transitions; C4 at 8x8."""
+    return _create("s7", build_s7, pretrained, **kwargs)
+
+
+@register_model
+def s7_strided(pretrained: bool = False, **kwargs) -> S7Net:
+    """Three 3x3 stride-2 transitions (32 -> 16 -> 8 -> 4)."""
+    return _create("s7_strided", build_strided, pretrained, **kwargs)
+
+
+@register_model
+def s7_dilated(pretrained: bool = False, **kwargs) -> S7Net:
+    """No stride anywhere: unpadded dilated transitions (32 -> 28 -> 20 -> 4)."""
+    return _create("s7_dilated", build_dilated, pretrained, **kwargs)

@@ -1,0 +1,1 @@
+"""Training side of s7: data, augmentation, loaders, the Accelerate loop, checkpoints, logging, reports."""
