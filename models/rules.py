@@ -186,7 +186,7 @@ def summary_text(model: nn.Module) -> str:
     """torchinfo summary on a 1x3x32x32 input."""
     from torchinfo import summary
 
-    return str(summary(model, input_size=(1, 3, 32, 32), verbose=0, device="cpu",
+    return str(summary(model, input_size=(1, 3, 32, 32), verbose=0, device="cpu", mode="eval",
                        col_names=("output_size", "num_params", "kernel_size")))
 
 

@@ -1,0 +1,133 @@
+"""Checkpoints: Accelerate's save_state per epoch, a JSON state beside it, atomic `latest` pointer, `best/`.
+
+Safety: model weights are safetensors; everything else Accelerate loads with `weights_only=True`
+(numpy's RNG arrays allow-listed), so a planted pickle is refused, never executed. Our own state
+(epoch, best accuracy) is plain JSON, not `register_for_checkpointing` (which unpickles freely).
+A crash mid-write leaves a half-written `epoch-N/` that no pointer names: the last good one stands.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "state.json"
+POINTER = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot or must not be loaded (missing, other model, unsafe pickle)."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file so readers see the old or the new content, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _numpy_safe_globals() -> list:
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+
+
+def save_checkpoint(accelerator, ckpt_root: Path, epoch: int, state: dict[str, Any],
+                    ema: torch.nn.Module | None = None) -> Path:
+    """Save everything after `epoch` completed epochs into ckpt_root/epoch-NNNN and point `latest` at it."""
+    target = ckpt_root / f"epoch-{epoch:04d}"
+    if accelerator.is_main_process:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a half-written attempt from a crash
+            shutil.rmtree(target)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(target), safe_serialization=True)
+    if accelerator.is_main_process:
+        if ema is not None:
+            save_file(_plain_state(ema), str(target / "ema.safetensors"))
+        write_atomic(target / STATE_FILE, json.dumps({**state, "epoch": epoch}, indent=1))
+        write_atomic(ckpt_root / POINTER, target.name)
+        for old in ckpt_root.glob("epoch-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The last complete checkpoint folder of a run."""
+    pointer = Path(run_dir) / "checkpoints" / POINTER
+    if not pointer.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume from (missing {pointer})")
+    target = pointer.parent / pointer.read_text().strip()
+    if not (target / STATE_FILE).is_file():
+        raise CheckpointError(f"{target}: checkpoint is incomplete ({STATE_FILE} missing)")
+    return target
+
+
+def read_state(ckpt_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+
+
+def load_checkpoint(accelerator, ckpt_dir: Path, model_name: str,
+                    ema: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler, scaler and RNG states; return our JSON state.
+
+    Refuses another model's checkpoint and any file that needs arbitrary unpickling.
+    """
+    state = read_state(ckpt_dir)
+    if state.get("model") != model_name:
+        raise CheckpointError(f"{ckpt_dir}: checkpoint is for model {state.get('model')!r}, not {model_name!r}")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            accelerator.load_state(str(ckpt_dir))
+            rng = torch.load(Path(ckpt_dir) / f"random_states_{accelerator.process_index}.pkl", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{ckpt_dir}: refused to unpickle an unsafe object "
+                              f"({str(e).splitlines()[0][:200]})") from None
+    except RuntimeError as e:  # shape/key mismatch in the weights
+        raise CheckpointError(f"{ckpt_dir}: weights do not fit model {model_name!r} ({str(e).splitlines()[0]})") from None
+    # Accelerate restores RNG states inside a try/except that only logs at INFO level: verify it did.
+    if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]) or random.getstate() != rng["random_state"]:
+        raise CheckpointError(f"{ckpt_dir}: random number generator states were not restored")
+    if ema is not None and (Path(ckpt_dir) / "ema.safetensors").is_file():
+        ema.load_state_dict(load_file(str(Path(ckpt_dir) / "ema.safetensors")))
+    return state
+
+
+def save_best(model: torch.nn.Module, best_dir: Path, meta: dict[str, Any]) -> None:
+    """Best weights as safetensors (+ meta.json), each written to a temp name and moved into place."""
+    best_dir.mkdir(parents=True, exist_ok=True)
+    tmp = best_dir / "model.safetensors.tmp"
+    save_file(_plain_state(model), str(tmp), metadata={"model": str(meta.get("model", ""))})
+    os.replace(tmp, best_dir / "model.safetensors")
+    write_atomic(best_dir / "meta.json", json.dumps(meta, indent=1))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """State dict and model name from a .safetensors file (no pickle involved)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta.get("model") or None
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None

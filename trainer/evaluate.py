@@ -1,0 +1,103 @@
+"""`s7 evaluate` and `s7 predict`: load best weights (safetensors only) and test or classify."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+import models  # noqa: F401  (registers the s7 nets)
+from trainer.augment import normalize
+from trainer.checkpoint import CheckpointError, load_weights
+from trainer.dataset import load_data
+from trainer.report import per_class_markdown
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_MEAN = [125.307, 122.950, 113.865]  # original CIFAR-10 training split, pixel units
+CIFAR10_STD = [62.993, 62.089, 66.705]
+
+
+def _weights_file(path: Path) -> Path:
+    """A run folder, its best/ folder, a checkpoint folder, or a .safetensors file."""
+    for candidate in (path, path / "best" / "model.safetensors", path / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{path}: no weights found (expected a .safetensors file, a run folder or best/)")
+
+
+def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The model with its weights and its meta (classes, mean, std), all without unpickling."""
+    weights = _weights_file(Path(path))
+    state, stored_name = load_weights(weights)
+    meta_file = weights.parent / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    name = model_name or stored_name or meta.get("model")
+    if not name:
+        raise CheckpointError(f"{weights}: the file does not say which model it holds; pass --model")
+    classes = meta.get("classes") or CIFAR10_CLASSES
+    model = timm.create_model(name, num_classes=len(classes))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights}: weights do not fit model {name!r} ({str(e).splitlines()[0]})") from None
+    meta = {"model": name, "classes": classes, "mean": meta.get("mean", CIFAR10_MEAN),
+            "std": meta.get("std", CIFAR10_STD), **{k: v for k, v in meta.items() if k not in ("classes",)}}
+    return model.eval(), meta
+
+
+@torch.no_grad()
+def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 500,
+                    tta_flip: bool = True) -> np.ndarray:
+    """Softmax probabilities for uint8 NHWC images."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).contiguous(), mean, std)
+        logits = model(x)
+        if tta_flip:
+            logits = (logits + model(x.flip(3))) / 2
+        out.append(logits.softmax(1).numpy())
+    return np.concatenate(out)
+
+
+def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
+    """`s7 evaluate`: test accuracy and per-class accuracy of saved weights."""
+    model, meta = load_classifier(path, model_name)
+    d = load_data(data, data_dir)
+    if list(d.classes) != list(meta["classes"]):
+        raise CheckpointError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
+    tta = bool(meta.get("tta_flip", True))
+    probs = predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size, tta_flip=tta)
+    preds = probs.argmax(1)
+    acc = 100.0 * float((preds == d.test_y).mean())
+    print(f"{meta['model']} on {d.source}: test accuracy {acc:.2f}% "
+          f"({int((preds == d.test_y).sum())}/{len(preds)}{', flip TTA' if tta else ''})")
+    print(per_class_markdown(preds, d.test_y, list(d.classes)))
+    return 0
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (32, 32):
+                img = img.resize((32, 32), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def predict_command(path: str, images: list[str], model_name: str | None) -> int:
+    """`s7 predict`: class and probability per image."""
+    model, meta = load_classifier(path, model_name)
+    batch = np.stack([_read_image(p) for p in images])
+    probs = predict_batches(model, batch, meta["mean"], meta["std"])
+    for p, row in zip(images, probs):
+        k = int(row.argmax())
+        print(f"{p}: {meta['classes'][k]} ({row[k]:.3f})")
+    return 0
