@@ -1,0 +1,225 @@
+"""The training augmentation pipeline, its seeding, device-side normalisation and the show-augment grid."""
+from __future__ import annotations
+
+import warnings
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer import augment
+from trainer.augment import build_train_transform, describe_pipeline, normalize, reseed
+
+MEAN = (200.4, 150.6, 100.2)
+OFF = dict(flip_p=0.0, ssr_p=0.0, dropout_p=0.0, gray_p=0.0)
+
+
+def only(**p: float) -> A.Compose:
+    t = build_train_transform(MEAN, **{**OFF, **p})
+    reseed(t, 0)
+    return t
+
+
+def dark_image(seed: int = 0) -> np.ndarray:
+    """Random pixels in 0..60: never equal to the (rounded) mean colour used as fill."""
+    return np.random.default_rng(seed).integers(0, 61, (32, 32, 3), dtype=np.uint8)
+
+
+def halves_image() -> np.ndarray:
+    """Bright red left half, dark blue right half: mirroring and graying both stay visible."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, :16] = (250, 10, 10)
+    img[:, 16:] = (10, 10, 60)
+    return img
+
+
+def test_output_is_uint8_hwc_of_the_input_shape():
+    t = build_train_transform(MEAN, flip_p=1, ssr_p=1, dropout_p=1, gray_p=1)
+    out = t(image=dark_image())["image"]
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_transform_order_is_flip_affine_dropout_gray():
+    names = [type(t).__name__ for t in build_train_transform(MEAN).transforms]
+    assert names == ["HorizontalFlip", "Affine", "CoarseDropout", "ToGray"]
+
+
+def test_all_probabilities_zero_changes_nothing():
+    t, img = only(), dark_image()
+    for _ in range(20):
+        np.testing.assert_array_equal(t(image=img)["image"], img)
+
+
+def test_flip_alone_mirrors_the_image():
+    img = dark_image()
+    np.testing.assert_array_equal(only(flip_p=1)(image=img)["image"], img[:, ::-1])
+
+
+def test_affine_shift_is_at_most_two_pixels_on_32px():
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[14:18, 14:18] = 255  # a bright square in the middle: its centroid tracks the translation
+    t = build_train_transform(MEAN, **{**OFF, "ssr_p": 1, "scale_limit": 0.0, "rotate_limit": 0.0})
+    reseed(t, 0)
+    ys, xs = np.mgrid[:32, :32]
+
+    def centroid(a):
+        w = a[..., 0].astype(float)
+        return np.array([(w * ys).sum() / w.sum(), (w * xs).sum() / w.sum()])
+
+    shifts = np.array([centroid(t(image=img)["image"]) - centroid(img) for _ in range(300)])
+    # 0.0625 * 32 = 2 px: whole-pixel shifts -2..2 on each axis, each value used (about 60 times each)
+    np.testing.assert_allclose(shifts, np.round(shifts), atol=1e-9)
+    for axis in (0, 1):
+        assert sorted(set(np.round(shifts[:, axis]).astype(int))) == [-2, -1, 0, 1, 2]
+
+
+def test_affine_changes_every_draw_and_reflects_borders():
+    img = halves_image()
+    t = only(ssr_p=1)
+    outs = [t(image=img)["image"] for _ in range(50)]
+    assert sum(not np.array_equal(o, img) for o in outs) == 50
+    for o in outs:
+        assert not (o == 0).all(axis=2).any()  # reflected border: no black (constant-fill) pixels
+
+
+def hole_mask(out: np.ndarray, img: np.ndarray) -> np.ndarray:
+    return (out != img).any(axis=2)
+
+
+def test_dropout_alone_cuts_one_16x16_hole_of_exactly_the_mean_colour():
+    img, t = dark_image(), only(dropout_p=1)
+    fill = np.round(MEAN).astype(np.uint8)
+    for _ in range(30):
+        out = t(image=img)["image"]
+        rows, cols = np.nonzero(hole_mask(out, img))
+        assert rows.max() - rows.min() + 1 == 16 and cols.max() - cols.min() + 1 == 16
+        assert len(rows) == 16 * 16  # a full square, inside the image
+        np.testing.assert_array_equal(out[rows, cols], np.broadcast_to(fill, (256, 3)))
+
+
+def test_dropout_fill_follows_the_dataset_mean():
+    img = dark_image()
+    for mean in [(10.4, 220.6, 90.0), (255.0, 0.0, 127.5)]:
+        t = build_train_transform(mean, **{**OFF, "dropout_p": 1})
+        out = t(image=img)["image"]
+        rows, cols = np.nonzero((out != img).any(axis=2))
+        assert len(rows) > 0
+        np.testing.assert_array_equal(np.unique(out[rows, cols], axis=0), [np.round(mean).astype(np.uint8)])
+
+
+def test_gray_alone_gives_three_equal_channels_of_the_luminance():
+    img = halves_image()
+    out = only(gray_p=1)(image=img)["image"].astype(float)
+    assert out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 1], out[..., 2])
+    luminance = img.astype(float) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(out[..., 0] - luminance).max() <= 1
+
+
+def flips_and_grays(t: A.Compose, n: int) -> tuple[np.ndarray, np.ndarray]:
+    img = halves_image()
+    flipped, gray = [], []
+    for _ in range(n):
+        out = t(image=img)["image"].astype(int)
+        gray.append((out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all())
+        brightness = out.mean(axis=2)
+        flipped.append(brightness[:, :16].mean() < brightness[:, 16:].mean())
+    return np.array(flipped), np.array(gray)
+
+
+def test_flip_and_gray_decisions_are_independent():
+    t = only(flip_p=0.5, gray_p=0.5)
+    flipped, gray = flips_and_grays(t, 2000)
+    # independent coins: each about 1000, both about 500 (binomial sd about 19)
+    assert abs(flipped.sum() - 1000) < 100 and abs(gray.sum() - 1000) < 100
+    assert abs((flipped & gray).sum() - 500) < 100
+
+
+def test_compose_seed_would_correlate_flip_and_gray():
+    """Why reseed() exists: Compose.set_random_seed gives every child the same stream."""
+    t = build_train_transform(MEAN, **{**OFF, "flip_p": 0.5, "gray_p": 0.5})
+    t.set_random_seed(0)
+    flipped, gray = flips_and_grays(t, 200)
+    assert (flipped == gray).all()
+
+
+def test_reseed_reproduces_and_different_seeds_differ():
+    img = dark_image()
+
+    def stream(seed):
+        t = build_train_transform(MEAN, ssr_p=1, dropout_p=1)
+        reseed(t, seed)
+        return np.stack([t(image=img)["image"] for _ in range(10)])
+
+    np.testing.assert_array_equal(stream(5), stream(5))
+    assert not np.array_equal(stream(5), stream(6))
+
+
+def test_every_transform_is_built_strict(monkeypatch):
+    seen = {}
+    for name in ["HorizontalFlip", "Affine", "CoarseDropout", "ToGray", "Compose"]:
+        original = getattr(A, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            seen[_name] = kwargs.get("strict")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(A, name, spy)
+    build_train_transform(MEAN)
+    assert seen == dict.fromkeys(["HorizontalFlip", "Affine", "CoarseDropout", "ToGray", "Compose"], True)
+
+
+def test_strict_rejects_albumentations_1x_argument_names():
+    with pytest.raises(ValueError, match="max_holes"):
+        A.CoarseDropout(max_holes=1, hole_height_range=(16, 16), hole_width_range=(16, 16), strict=True)
+    with pytest.raises(ValueError, match="fill_value"):
+        A.CoarseDropout(fill_value=0, strict=True)
+    with pytest.warns(UserWarning, match="max_holes"):  # what strict=False would have done: warn and ignore
+        A.CoarseDropout(max_holes=1)
+
+
+def test_building_and_applying_the_pipeline_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = build_train_transform(MEAN, flip_p=1, ssr_p=1, dropout_p=1, gray_p=1)
+        t(image=dark_image())
+
+
+def test_normalize_matches_numpy_on_a_uint8_nchw_batch():
+    x = np.random.default_rng(1).integers(0, 256, (4, 3, 5, 6), dtype=np.uint8)
+    mean, std = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+    got = normalize(torch.from_numpy(x), mean, std)
+    want = (x.astype(np.float64) - np.array(mean)[None, :, None, None]) / np.array(std)[None, :, None, None]
+    assert got.dtype == torch.float32 and got.device == torch.device("cpu")
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-5)
+
+
+def test_test_split_has_no_worker_transform():
+    assert augment.build_test_transform() is None
+    assert "normalisation" in describe_pipeline(None)
+
+
+def test_describe_pipeline_names_each_transform_and_its_arguments():
+    text = describe_pipeline(build_train_transform(MEAN, dropout_p=0.25))
+    lines = text.splitlines()
+    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. Affine", "3. CoarseDropout", "4. ToGray"]
+    assert "p=0.25" in lines[2] and "hole_height_range=(16, 16)" in lines[2] and "fill=(200.0, 151.0, 100.0)" in lines[2]
+    assert "border_mode=reflect_101" in lines[1] and "rotate=(-15.0, 15.0)" in lines[1]
+    assert "translate_px=(-2.0, 2.0)" in lines[1] and "scale=(0.9, 1.1)" in lines[1]
+    assert "num_output_channels=3" in lines[3]
+
+
+def test_show_augment_writes_a_png_grid(tmp_path, capsys):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(dark_image(i)).save(tmp_path / "tree" / split / cls / f"{i}.png")
+    out = tmp_path / "grid" / "aug.png"
+    assert augment.show_augment_command(str(tmp_path / "tree"), str(tmp_path / "cache"), str(out), 2, 3, 0) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.width > png.height / 2

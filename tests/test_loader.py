@@ -1,0 +1,127 @@
+"""AugmentedDataset items, per-epoch/worker seeding through real DataLoader workers, collate and make_loader."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.augment import build_train_transform
+from trainer.loader import AugmentedDataset, collate, make_loader, resolve_workers, worker_init_fn
+
+N = 48
+
+
+def images(n: int = N, same: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1 if same else n, 32, 32, 3), dtype=np.uint8)
+    return np.repeat(x, n, axis=0) if same else x, np.arange(n) % 10
+
+
+def augmented(seed: int = 0, same: bool = False) -> AugmentedDataset:
+    x, y = images(same=same)
+    return AugmentedDataset(x, y, build_train_transform((125, 123, 114), ssr_p=1.0, dropout_p=1.0), seed=seed)
+
+
+def epochs(ds: AugmentedDataset, workers: int, epoch_ids: list[int], shuffle: bool = False, batch_size: int = 8):
+    """Images and labels of each requested epoch, through one (persistent) loader."""
+    loader = make_loader(ds, batch_size, shuffle=shuffle, workers=workers, seed=3)
+    out = []
+    for e in epoch_ids:
+        ds.set_epoch(e)
+        batches = list(loader)
+        out.append((torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])))
+    return out
+
+
+def test_item_is_uint8_chw_tensor_and_int_label_of_the_stored_image():
+    x, y = images()
+    image, label = AugmentedDataset(x, y)[5]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32)
+    assert label == y[5] and isinstance(label, int)
+    np.testing.assert_array_equal(image.numpy(), x[5].transpose(2, 0, 1))
+
+
+def test_rejects_float_or_channels_first_images():
+    with pytest.raises(ValueError):
+        AugmentedDataset(np.zeros((2, 32, 32, 3), np.float32), np.zeros(2))
+    with pytest.raises(ValueError):
+        AugmentedDataset(np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2))
+
+
+def test_two_workers_augment_the_same_image_differently():
+    ds = augmented(same=True)  # every index holds the same picture
+    (x, _), = epochs(ds, workers=2, epoch_ids=[0], batch_size=4)
+    # batches alternate between worker 0 and 1; the k-th item of each worker's stream sits 4 apart
+    worker0 = torch.cat([x[i:i + 4] for i in range(0, N, 8)])
+    worker1 = torch.cat([x[i + 4:i + 8] for i in range(0, N, 8)])
+    assert all(not torch.equal(a, b) for a, b in zip(worker0, worker1))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epochs_differ_and_the_same_seed_reproduces_every_epoch(workers):
+    run1 = epochs(augmented(seed=7), workers, [0, 1, 2], shuffle=True)
+    run2 = epochs(augmented(seed=7), workers, [0, 1, 2], shuffle=True)
+    for (x1, y1), (x2, y2) in zip(run1, run2):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(run1[0][1], run1[1][1])  # a new shuffle order per epoch
+    # same image index, different epoch: different augmentation
+    first = [x[torch.argsort(y, stable=True)] for x, y in run1[:2]]
+    assert not torch.equal(first[0], first[1])
+    other = epochs(augmented(seed=8), workers, [0], shuffle=True)
+    assert not torch.equal(other[0][0], run1[0][0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fresh_dataset_set_to_epoch_k_reproduces_epoch_k_of_the_uninterrupted_run(workers):
+    uninterrupted = epochs(augmented(seed=1), workers, [0, 1, 2])
+    resumed = epochs(augmented(seed=1), workers, [2])
+    assert torch.equal(resumed[0][0], uninterrupted[2][0])
+    assert not torch.equal(uninterrupted[1][0], uninterrupted[2][0])
+
+
+def test_a_fork_after_use_in_the_parent_does_not_inherit_the_parents_stream():
+    ds = augmented(same=True)
+    parent = torch.stack([ds[0][0] for _ in range(4)])  # main process seeded and advanced its stream
+    (x, _), = epochs(ds, workers=1, epoch_ids=[0], batch_size=4)
+    fresh = epochs(augmented(same=True), workers=1, epoch_ids=[0], batch_size=4)[0][0]
+    assert torch.equal(x, fresh)  # the worker reseeded itself as if the parent had never drawn
+    assert torch.equal(parent, x[:4])  # the main process (0 workers) draws worker 0's stream
+
+
+def test_collate_stacks_uint8_nchw_and_int64_labels():
+    items = [(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), i) for i in range(5)]
+    x, y = collate(items)
+    assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32) and x.is_contiguous()
+    assert y.dtype == torch.int64 and y.tolist() == list(range(5))
+    assert torch.equal(x, torch.stack([item[0] for item in items]))
+
+
+def test_loader_without_transform_returns_the_stored_images():
+    x, y = images()
+    loader = make_loader(AugmentedDataset(x, y), 16, shuffle=False, workers=2)
+    xs, ys = zip(*loader)
+    np.testing.assert_array_equal(torch.cat(xs).numpy(), x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(torch.cat(ys).numpy(), y)
+
+
+def test_make_loader_settings():
+    ds = AugmentedDataset(*images())
+    loader = make_loader(ds, 16, shuffle=True, workers=2, drop_last=True)
+    assert loader.num_workers == 2 and loader.persistent_workers and loader.drop_last
+    assert loader.multiprocessing_context.get_start_method() == "fork"
+    assert loader.worker_init_fn is worker_init_fn
+    assert make_loader(ds, 16, shuffle=False, workers=0).num_workers == 0
+    assert resolve_workers(-1) == max((os.cpu_count() or 1) - 1, 0) and resolve_workers(3) == 3
+    orders = [torch.cat([b[1] for b in make_loader(ds, 16, shuffle=True, workers=0, seed=s)]) for s in (4, 4, 5)]
+    assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
+
+
+def test_worker_init_uses_one_thread():
+    before = torch.get_num_threads()
+    try:
+        worker_init_fn(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
