@@ -7,7 +7,7 @@ ARGS    ?=
 CONFIG  ?= accelerate_config.yaml
 MODEL   ?= s7
 
-.PHONY: train test install clean
+.PHONY: train test install clean readme
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,3 +28,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+readme: $(STAMP)
+	$(BIN)/python scripts/build_readme.py

@@ -51,7 +51,8 @@ def _spatial_layers(model: nn.Module, input_size: int) -> list[tuple[str, nn.Mod
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, _in_channels(model), input_size, input_size))
+            p = next(model.parameters())
+            model(torch.zeros(1, _in_channels(model), input_size, input_size, device=p.device, dtype=p.dtype))
     finally:
         for h in handles:
             h.remove()

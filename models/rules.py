@@ -184,9 +184,12 @@ def check_command(spec: str) -> int:
 
 def summary_text(model: nn.Module) -> str:
     """torchinfo summary on a 1x3x32x32 input."""
+    import copy
+
     from torchinfo import summary
 
-    return str(summary(model, input_size=(1, 3, 32, 32), verbose=0, device="cpu", mode="eval",
+    # torchinfo moves the model it is given to `device`: hand it a CPU copy, never the live model.
+    return str(summary(copy.deepcopy(model).cpu(), input_size=(1, 3, 32, 32), verbose=0, device="cpu", mode="eval",
                        col_names=("output_size", "num_params", "kernel_size")))
 
 

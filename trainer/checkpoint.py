@@ -113,13 +113,13 @@ def save_best(model: torch.nn.Module, best_dir: Path, meta: dict[str, Any]) -> N
     """Best weights as safetensors (+ meta.json), each written to a temp name and moved into place."""
     best_dir.mkdir(parents=True, exist_ok=True)
     tmp = best_dir / "model.safetensors.tmp"
-    save_file(_plain_state(model), str(tmp), metadata={"model": str(meta.get("model", ""))})
+    save_file(_plain_state(model), str(tmp), metadata={"model": str(meta.get("model", "")), "s7": json.dumps(meta)})
     os.replace(tmp, best_dir / "model.safetensors")
     write_atomic(best_dir / "meta.json", json.dumps(meta, indent=1))
 
 
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """State dict and model name from a .safetensors file (no pickle involved)."""
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and the run's meta (model, classes, mean, std, ...) from a .safetensors file, no pickle."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -128,6 +128,9 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), meta.get("model") or None
+        info = json.loads(meta["s7"]) if "s7" in meta else {}
+        if meta.get("model"):
+            info.setdefault("model", meta["model"])
+        return load_file(str(path)), info
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None

@@ -42,8 +42,8 @@ class TrainConfig:
     shift_limit: float = 0.0625
     scale_limit: float = 0.1
     rotate_limit: float = 15.0
-    dropout_p: float = 0.5
-    gray_p: float = 0.1
+    dropout_p: float = 0.25
+    gray_p: float = 0.05
     # machinery
     seed: int = 0
     workers: int = -1  # -1 = CPU cores - 1 (per process)

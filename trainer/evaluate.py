@@ -30,10 +30,15 @@ def _weights_file(path: Path) -> Path:
 def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The model with its weights and its meta (classes, mean, std), all without unpickling."""
     weights = _weights_file(Path(path))
-    state, stored_name = load_weights(weights)
+    state, meta = load_weights(weights)
     meta_file = weights.parent / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    name = model_name or stored_name or meta.get("model")
+    if not meta.get("classes") and meta_file.is_file():  # weights written before meta went into the file
+        meta = {**json.loads(meta_file.read_text()), **meta}
+    stored = meta.get("model")
+    if model_name and stored and model_name != stored:  # s7 and s7_dilated share every tensor shape
+        raise CheckpointError(f"{weights}: weights are for model {stored!r}, not {model_name!r} "
+                              f"(drop --model, or pass --model {stored})")
+    name = model_name or stored
     if not name:
         raise CheckpointError(f"{weights}: the file does not say which model it holds; pass --model")
     classes = meta.get("classes") or CIFAR10_CLASSES

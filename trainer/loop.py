@@ -21,10 +21,16 @@ class EpochResult:
     accuracy: float  # percent
     images: int
     seconds: float
+    data_seconds: float = 0.0  # time spent waiting for the loader (train only)
+    lr: float = float("nan")  # learning rate of the epoch's last optimizer step (train only)
 
 
 @dataclass
-class EvalResult(EpochResult):
+class EvalResult:
+    loss: float
+    accuracy: float  # percent
+    images: int
+    seconds: float
     predictions: torch.Tensor  # every test image exactly once, in dataset order (main process)
     labels: torch.Tensor
     probabilities: torch.Tensor
@@ -44,12 +50,16 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
     totals = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, correct, count
     first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
+    lr = optimizer.param_groups[0]["lr"]
+    data_seconds, fetch_start = 0.0, time.perf_counter()
     for step, (x, y) in enumerate(bar):
+        data_seconds += time.perf_counter() - fetch_start
         x = _prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
             logits = model(x)
             loss = criterion(logits, y)
         accelerator.backward(loss)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (scheduler.step() moves past it)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -65,10 +75,11 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
             if int(accelerator.reduce(first_bad.clone(), "max")) >= 0:
                 raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {int(first_bad)} "
                                     f"(lr {scheduler.get_last_lr()[0]:.4g}); training stopped, best checkpoint kept")
+        fetch_start = time.perf_counter()
     totals = accelerator.reduce(totals, "sum")
     loss_sum, correct, count = totals.tolist()
     return EpochResult(loss_sum / max(count, 1), 100.0 * correct / max(count, 1), int(count),
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, data_seconds, lr)
 
 
 @torch.no_grad()

@@ -164,6 +164,7 @@ def train(cfg: TrainConfig) -> int:
     model = timm.create_model(cfg.model, num_classes=len(data.classes))
     n_params = sum(p.numel() for p in model.parameters())
     rf = receptive_field(model)
+    rf_markdown = format_rf_table(rf_table(model))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig) -> int:
     elif main:
         cfg.save(run_dir / "config.yaml")
         (run_dir / "summary.txt").write_text(summary_text(accelerator.unwrap_model(model)) + "\n")
-        (run_dir / "receptive_field.md").write_text(format_rf_table(rf_table(accelerator.unwrap_model(model))) + "\n")
+        (run_dir / "receptive_field.md").write_text(rf_markdown + "\n")
         (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
     tracking.init_wandb(accelerator, cfg, run_dir, name[0], {"parameters": n_params, "receptive_field": rf})
 
@@ -223,13 +224,13 @@ def train(cfg: TrainConfig) -> int:
             train_ds.set_epoch(epoch)       # augmentation stream from (seed, epoch, rank, worker)
             tr = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, mean_t, std_t,
                                  epoch=epoch, channels_last=cfg.channels_last, ema=ema, progress=progress)
-            lr = scheduler.get_last_lr()[0]
+            lr = tr.lr  # the last rate used; get_last_lr() is already the next step's
             te = validate(accelerator, ema if ema is not None else model, test_loader, mean_t, std_t,
                           channels_last=cfg.channels_last, tta_flip=cfg.tta_flip, progress=progress)
             wall = state["elapsed_before"] + time.time() - (resume_at if cfg.resume else PROCESS_START)
             row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
                    "test_acc": te.accuracy, "test_images": te.images, "lr": lr, "epoch_seconds": tr.seconds + te.seconds,
-                   "train_seconds": tr.seconds, "test_seconds": te.seconds,
+                   "train_seconds": tr.seconds, "data_wait_seconds": tr.data_seconds, "test_seconds": te.seconds,
                    "images_per_second": tr.images / max(tr.seconds, 1e-9), "wall_seconds": wall}
             if te.accuracy >= cfg.target_acc and state["epoch_to_target"] is None:
                 state["epoch_to_target"], state["seconds_to_target"] = epoch, wall
