@@ -1,0 +1,161 @@
+"""Time to accuracy: run trainer/main.py (one process, W&B disabled), then print per-epoch test accuracy
+with cumulative wall time, the time to the target, the final accuracy, and where the time went.
+
+    python3 benchmarks/time_to_accuracy.py --model s7 --data cifar10-jpeg.tar.gz [--config configs/s7.yaml]
+        [--throughput] [-- extra trainer flags]
+
+On a GPU machine without albumentations/torchinfo, install the wheels first (see benchmarks/README.md).
+--throughput also measures, in this process, the bare training loader (images/s with the run's workers)
+and the bare GPU training step on a device-resident batch, so loader and step speeds sit side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, float, int]:
+    name = args.name or f"{args.model}-{Path(args.config).stem if args.config else args.model}-tta"
+    cmd = [sys.executable, str(ROOT / "trainer/main.py"), "--model", args.model, "--wandb-mode", "disabled",
+           "--out", args.out, "--name", name, "--data-dir", args.data_dir]
+    if args.data:
+        cmd += ["--data", args.data]
+    if args.config:
+        cmd += ["--config", args.config]
+    cmd += extra
+    print("$", " ".join(cmd), flush=True)
+    start = time.time()
+    rc = subprocess.call(cmd)
+    return Path(args.out) / name, time.time() - start, rc
+
+
+def print_table(run_dir: Path, target: float) -> dict:
+    from trainer.tracking import read_metrics
+
+    rows = read_metrics(run_dir)
+    print(f"\n| epoch | test acc % | train acc % | epoch s | data wait s | test s | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['epoch']} | {r['test_acc']:.2f} | {r['train_acc']:.2f} | {r['epoch_seconds']:.2f} | "
+              f"{r.get('data_wait_seconds', float('nan')):.2f} | {r['test_seconds']:.2f} | {r['wall_seconds']:.1f} |")
+    hit = next((r for r in rows if r["test_acc"] >= target), None)
+    out = {
+        "run": str(run_dir), "epochs": len(rows),
+        "final_test_acc": rows[-1]["test_acc"] if rows else None,
+        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+        "target": target,
+        "epoch_to_target": hit["epoch"] if hit else None,
+        "seconds_to_target": hit["wall_seconds"] if hit else None,
+        "train_seconds": sum(r["train_seconds"] for r in rows),
+        "data_wait_seconds": sum(r.get("data_wait_seconds", 0.0) for r in rows),
+        "test_seconds": sum(r["test_seconds"] for r in rows),
+        "startup_seconds": (rows[0]["wall_seconds"] - rows[0]["epoch_seconds"]) if rows else None,
+    }
+    print(f"\ntime to {target:g}%: " + (f"{hit['wall_seconds']:.1f} s (epoch {hit['epoch']})" if hit else "not reached"))
+    print(f"final test accuracy: {out['final_test_acc']:.2f}%  best: {out['best_test_acc']:.2f}%")
+    print(f"time: start-up {out['startup_seconds']:.1f} s, training {out['train_seconds']:.1f} s "
+          f"(of which waiting for data {out['data_wait_seconds']:.1f} s), evaluation {out['test_seconds']:.1f} s")
+    return out
+
+
+def measure_throughput(run_dir: Path, batches: int = 60) -> dict:
+    """Bare loader images/s (the run's recipe and workers) and bare training-step images/s on the device."""
+    import timm
+    import torch
+
+    import models  # noqa: F401
+    from trainer.augment import build_train_transform, normalize
+    from trainer.config import TrainConfig
+    from trainer.dataset import channel_stats, load_data
+    from trainer.loader import AugmentedDataset, make_loader, resolve_workers
+    from trainer.main import make_optimizer, pick_precision
+
+    cfg = TrainConfig.load(run_dir / "config.yaml")
+    data = load_data(cfg.data, cfg.data_dir)
+    mean, std = channel_stats(data.train_x)
+    transform = build_train_transform(mean, flip_p=cfg.flip_p, ssr_p=cfg.ssr_p, shift_limit=cfg.shift_limit,
+                                      scale_limit=cfg.scale_limit, rotate_limit=cfg.rotate_limit,
+                                      dropout_p=cfg.dropout_p, gray_p=cfg.gray_p)
+    ds = AugmentedDataset(data.train_x, data.train_y, transform, seed=0)
+    cuda = torch.cuda.is_available()
+    loader = make_loader(ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True, pin_memory=cuda)
+    it = iter(loader)
+    next(it)  # workers started
+    t = time.perf_counter()
+    n = 0
+    for _ in range(min(batches, len(loader) - 1)):
+        n += len(next(it)[1])
+    loader_ips = n / (time.perf_counter() - t)
+    del it, loader
+
+    device = torch.device("cuda" if cuda else "cpu")
+    model = timm.create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model)
+    x8 = torch.from_numpy(data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.from_numpy(data.train_y[:cfg.batch_size]).to(device)
+    prec = pick_precision(cfg.mixed_precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def step():
+        x = normalize(x8, mean, std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(10):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(batches):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    step_ips = batches * cfg.batch_size / (time.perf_counter() - t)
+    out = {"loader_workers": resolve_workers(cfg.workers), "loader_images_per_s": loader_ips,
+           "step_images_per_s": step_ips, "precision": prec, "batch_size": cfg.batch_size,
+           "device": torch.cuda.get_device_name() if cuda else "CPU"}
+    print(f"\nthroughput: loader {loader_ips:,.0f} img/s ({out['loader_workers']} workers) | "
+          f"training step {step_ips:,.0f} img/s ({prec}, batch {cfg.batch_size}, {out['device']})")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="s7")
+    p.add_argument("--config", default=None, help="recipe YAML (default configs/<model>.yaml)")
+    p.add_argument("--data", default=None, help="image-folder tree or .tar.gz (default: torchvision download)")
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--name", default=None)
+    p.add_argument("--target", type=float, default=87.0)
+    p.add_argument("--throughput", action="store_true", help="also measure bare loader and step speed")
+    args, extra = p.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    run_dir, wall, rc = run_training(args, extra)
+    if not (run_dir / "metrics.jsonl").is_file():
+        print(f"error: training wrote no metrics (exit {rc})", file=sys.stderr)
+        return rc or 1
+    out = print_table(run_dir, args.target)
+    out["process_wall_seconds"] = wall
+    out["exit_code"] = rc
+    if args.throughput:
+        out.update(measure_throughput(run_dir))
+    (run_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1) + "\n")
+    return rc
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())
