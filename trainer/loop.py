@@ -72,8 +72,9 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += y.numel()
         if (step + 1) % nan_check_every == 0 or step + 1 == len(loader):
-            if int(accelerator.reduce(first_bad.clone(), "max")) >= 0:
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {int(first_bad)} "
+            bad_step = int(accelerator.reduce(first_bad.clone(), "max"))  # any rank's bad step
+            if bad_step >= 0:
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {bad_step} "
                                     f"(lr {scheduler.get_last_lr()[0]:.4g}); training stopped, best checkpoint kept")
         fetch_start = time.perf_counter()
     totals = accelerator.reduce(totals, "sum")

@@ -158,7 +158,9 @@ def train(cfg: TrainConfig) -> int:
     cuda = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
                                pin_memory=cuda, seed=cfg.seed)
-    test_loader = make_loader(test_ds, 1000, shuffle=False, workers=min(cfg.workers, 2) if cfg.workers >= 0 else 2,
+    # even_batches pads every rank's last batch to full size: keep test batches no larger than a rank's share
+    test_batch = max(1, min(1000, -(-len(test_y) // accelerator.num_processes)))
+    test_loader = make_loader(test_ds, test_batch, shuffle=False, workers=min(cfg.workers, 2) if cfg.workers >= 0 else 2,
                               pin_memory=cuda, seed=cfg.seed)
 
     model = timm.create_model(cfg.model, num_classes=len(data.classes))
@@ -227,6 +229,9 @@ def train(cfg: TrainConfig) -> int:
             lr = tr.lr  # the last rate used; get_last_lr() is already the next step's
             te = validate(accelerator, ema if ema is not None else model, test_loader, mean_t, std_t,
                           channels_last=cfg.channels_last, tta_flip=cfg.tta_flip, progress=progress)
+            if not np.isfinite(te.loss):
+                raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
+                                    "training stopped, best checkpoint kept")
             wall = state["elapsed_before"] + time.time() - (resume_at if cfg.resume else PROCESS_START)
             row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
                    "test_acc": te.accuracy, "test_images": te.images, "lr": lr, "epoch_seconds": tr.seconds + te.seconds,

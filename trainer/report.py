@@ -73,7 +73,12 @@ def _misclassified_png(pred: dict[str, np.ndarray], path: Path) -> None:
     classes = [str(c) for c in pred["classes"]]
     idx, imgs = pred["wrong_index"], pred["wrong_images"]
     n = len(idx)
-    if n == 0:
+    if n == 0:  # report.md links the figure: say so rather than leave a broken link
+        fig, ax = plt.subplots(figsize=(4, 1), dpi=100)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+        fig.savefig(path)
+        plt.close(fig)
         return
     cols = min(n, 5)
     rows = (n + cols - 1) // cols

@@ -2,7 +2,8 @@
 
 W&B runs through Accelerate's trackers and only on the main process. `wandb_mode`:
 auto = online when an API key is configured, else offline (a local run to `wandb sync` later);
-disabled = W&B is never imported, so a machine without it can train.
+disabled = this code never imports wandb, so a machine without it can train (timm itself tries an
+optional `import wandb` at import time; that is timm's, and harmless when wandb is absent).
 """
 from __future__ import annotations
 

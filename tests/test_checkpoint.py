@@ -1,0 +1,236 @@
+"""Checkpoints: SIGINT/SIGTERM leave a resumable state, a planted pickle is refused without running,
+another model's checkpoint is named as such, and RNG states come back exactly as saved."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from test_trainer import (PYTHON, REPO, baseline, copy_run, data, flags, assert_same_metrics,  # noqa: F401
+                          sub_env, train_in_process)
+from trainer import checkpoint
+from trainer import main as trainer_main
+from trainer.config import TrainConfig
+from trainer.tracking import read_metrics
+
+
+def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240) -> tuple[int, str]:
+    """Run trainer/main.py, send `sig` right after the first stdout line starting with `after`."""
+    proc = subprocess.Popen([PYTHON, "trainer/main.py", *argv], cwd=REPO, env=sub_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines, sent = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not sent and line.startswith(after):
+                proc.send_signal(sig)
+                sent = True
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
+    out = "".join(lines)
+    assert sent, f"never saw {after!r}:\n{out}"
+    return rc, out
+
+
+def saved_epoch(run: Path) -> int:
+    """Epoch of the checkpoint `latest` names, checked to be a complete folder."""
+    target = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((target / "state.json").read_text())
+    assert target.name == f"epoch-{state['epoch']:04d}"
+    return state["epoch"]
+
+
+# ---------------------------------------------------------------- 4. SIGINT / SIGTERM, then resume
+
+def test_sigint_exits_130_with_resume_hint_and_resume_matches_uninterrupted_run(baseline, data, tmp_path, capsys):
+    rc, out = run_and_signal(flags(data, tmp_path, "int"), signal.SIGINT, "epoch   2/4")
+    run = tmp_path / "int"
+    assert rc == 130, out
+    assert "interrupted (SIGINT) during epoch" in out
+    assert f"resume with: accelerate launch trainer/main.py --resume {run}" in out
+    done = saved_epoch(run)
+    assert 1 <= done < 4  # the signal came after epoch 2's line: epoch 1 at least is on disk
+
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
+    assert f"resumed from epoch {done} of 4" in capsys.readouterr().out
+    assert_same_metrics(read_metrics(run), read_metrics(baseline))
+    assert (run / "train.log").read_text().count("s7 train:") == 2  # one header per launch, in one log
+
+
+def test_sigterm_exits_130_and_leaves_a_loadable_state(data, tmp_path, capsys):
+    rc, out = run_and_signal(flags(data, tmp_path, "term", "--train-subset", "300", epochs=2), signal.SIGTERM,
+                             "epoch   1/2")
+    run = tmp_path / "term"
+    assert rc == 130, out
+    assert "interrupted (SIGTERM) during epoch" in out and "--resume" in out
+    done = saved_epoch(run)
+    assert done in (0, 1)
+
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
+    assert f"resumed from epoch {done} of 2" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]  # no epoch repeated or skipped
+    assert saved_epoch(run) == 2
+
+
+def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(baseline, tmp_path, capsys):
+    run = copy_run(baseline, tmp_path / "nockpt")
+    import shutil
+    shutil.rmtree(run / "checkpoints")
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 6. planted pickle
+
+class Payload:
+    """Unpickling this runs `touch marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def plant(path: Path, marker: Path, fmt: str) -> None:
+    if fmt == "torch":
+        torch.save({"state": Payload(marker)}, path)
+    else:  # torch's legacy (pre-zip) format: a plain pickle stream
+        torch.save({"state": Payload(marker)}, path, _use_new_zipfile_serialization=False)
+
+
+def test_planted_pickle_would_run_code_if_unpickled_freely(tmp_path):
+    """The payload is live: loading it the unsafe way does create the marker (so the refusal tests can fail)."""
+    for fmt in ("torch", "legacy"):
+        marker = tmp_path / f"pwned-{fmt}"
+        plant(tmp_path / f"evil-{fmt}.bin", marker, fmt)
+        torch.load(tmp_path / f"evil-{fmt}.bin", weights_only=False)
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("name,fmt", [("optimizer.bin", "torch"), ("optimizer.bin", "legacy"),
+                                      ("scheduler.bin", "torch"), ("random_states_0.pkl", "torch")])
+def test_resume_refuses_planted_pickle_without_running_it(baseline, tmp_path, capsys, name, fmt):
+    run = copy_run(baseline, tmp_path / "evil")
+    ckpt = checkpoint.latest_checkpoint(run)
+    marker = tmp_path / "pwned"
+    plant(ckpt / name, marker, fmt)
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "refused to unpickle" in err and str(ckpt) in err
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 7. another model's checkpoint
+
+def test_resume_of_another_models_checkpoint_names_both_models(baseline, tmp_path, capsys):
+    run = copy_run(baseline, tmp_path / "other")
+    state_file = checkpoint.latest_checkpoint(run) / "state.json"
+    state = json.loads(state_file.read_text())
+    state["model"] = "s7_dilated"  # same tensor shapes as s7: only the recorded name can tell
+    state_file.write_text(json.dumps(state))
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint is for model 's7_dilated', not 's7'" in err
+
+
+def test_evaluate_with_another_model_name_on_s7_weights_is_a_clear_error(baseline, data, capsys):
+    from trainer import cli
+
+    rc = cli.main(["evaluate", str(baseline), "--data", str(data.tree), "--data-dir", str(data.cache),
+                   "--model", "s7_dilated"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error:") and "'s7'" in err and "'s7_dilated'" in err and err.count("\n") == 1
+
+
+def test_evaluate_of_weights_that_do_not_fit_is_a_clear_error(baseline, data, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from trainer import cli
+
+    state = load_file(str(baseline / "best/model.safetensors"))
+    key = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
+    state[key] = torch.zeros(1, 1, 1, 1)
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"model": "s7"})
+    rc = cli.main(["evaluate", str(tmp_path / "bad.safetensors"), "--data", str(data.tree),
+                   "--data-dir", str(data.cache)])
+    assert rc == 2 and "weights do not fit model 's7'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 8. RNG states
+
+def accelerator_like_run(run: Path):
+    """An Accelerator holding a model, optimizer and scheduler shaped like the run's (what load_state fills)."""
+    import timm
+
+    cfg = TrainConfig.load(run / "config.yaml")
+    accelerator = Accelerator(cpu=True)
+    model = timm.create_model(cfg.model, num_classes=3)
+    optimizer = trainer_main.make_optimizer(cfg, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = accelerator.prepare(torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=1000, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor))
+    return accelerator, model, optimizer, scheduler
+
+
+def test_load_checkpoint_restores_weights_and_the_saved_rng_states(baseline):
+    ckpt = checkpoint.latest_checkpoint(baseline)
+    saved = torch.load(ckpt / "random_states_0.pkl", weights_only=False)  # our own file: a trusted read
+    accelerator, model, optimizer, scheduler = accelerator_like_run(baseline)
+    torch.manual_seed(987)
+    random.seed(987)
+    np.random.seed(987)
+    assert not torch.equal(torch.get_rng_state(), saved["torch_manual_seed"])  # precondition
+    state = checkpoint.load_checkpoint(accelerator, ckpt, "s7")
+    assert state["epoch"] == 4 and state["model"] == "s7"
+    assert torch.equal(torch.get_rng_state(), saved["torch_manual_seed"])
+    assert random.getstate() == saved["random_state"]
+    np_state = np.random.get_state()
+    assert np_state[0] == saved["numpy_random_seed"][0]
+    np.testing.assert_array_equal(np_state[1], saved["numpy_random_seed"][1])
+    weights = load_file(str(ckpt / "model.safetensors"))
+    current = accelerator.unwrap_model(model).state_dict()
+    assert all(torch.equal(current[k], v) for k, v in weights.items())
+    assert scheduler.scheduler.last_epoch == 4 * 18  # 4 epochs of 600 // 32 steps, as saved
+
+
+def test_rng_states_silently_not_restored_are_detected(baseline, monkeypatch):
+    """Accelerate swallows a failed RNG restore (INFO log only); load_checkpoint must notice."""
+    import accelerate.checkpointing as acc_ckpt
+
+    real_load = acc_ckpt.load
+
+    def load_but_fail_rng(f, *args, **kwargs):
+        if "random_states" in str(f):
+            raise RuntimeError("simulated: unreadable random states")
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(acc_ckpt, "load", load_but_fail_rng)
+    accelerator, *_ = accelerator_like_run(baseline)
+    torch.manual_seed(987)
+    with pytest.raises(checkpoint.CheckpointError, match="random number generator states were not restored"):
+        checkpoint.load_checkpoint(accelerator, checkpoint.latest_checkpoint(baseline), "s7")
+
+
+def test_incomplete_checkpoint_is_refused(baseline, tmp_path):
+    run = copy_run(baseline, tmp_path / "half")
+    (checkpoint.latest_checkpoint(run) / "state.json").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="incomplete"):
+        checkpoint.latest_checkpoint(run)
