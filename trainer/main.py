@@ -116,19 +116,25 @@ def resumed_config(cfg: TrainConfig, flags: TrainConfig) -> TrainConfig:
     return saved
 
 
-def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, num_classes: int) -> float:
-    """Seconds per epoch on this CPU, from three timed forward/backward passes on a copy of the model."""
+def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_test: int, num_classes: int) -> float:
+    """Seconds per epoch (training + test pass) on this CPU, from timed passes on a copy of the model."""
     import copy
 
     probe = copy.deepcopy(model).train()
     x = torch.randn(cfg.batch_size, 3, 32, 32)
     y = torch.randint(0, num_classes, (cfg.batch_size,))
-    times = []
+    train_t, test_t = [], []
     for _ in range(4):  # the first pass warms up the kernels; take the best of the rest
         t = time.perf_counter()
         torch.nn.functional.cross_entropy(probe(x), y).backward()
-        times.append(time.perf_counter() - t)
-    return min(times[1:]) * 1.5 * n_train / cfg.batch_size  # +50% for the optimizer and the loader
+        train_t.append(time.perf_counter() - t)
+        with torch.no_grad():
+            t = time.perf_counter()
+            probe.eval()(x)
+            test_t.append(time.perf_counter() - t)
+            probe.train()
+    per_test_image = min(test_t[1:]) / cfg.batch_size * (2 if cfg.tta_flip else 1)
+    return min(train_t[1:]) * 1.5 * n_train / cfg.batch_size + per_test_image * n_test  # +50%: optimizer, loader
 
 
 def _duration(seconds: float) -> str:
@@ -207,7 +213,7 @@ def train(cfg: TrainConfig) -> int:
     log.line(f"run folder: {run_dir}  (W&B: {tracking.resolve_wandb_mode(cfg.wandb_mode)})")
     if not cuda and main:
         est = cpu_epoch_estimate(accelerator.unwrap_model(model), cfg, len(train_y) // accelerator.num_processes,
-                                 len(data.classes))
+                                 len(test_y) // accelerator.num_processes, len(data.classes))
         left = cfg.epochs - start_epoch + 1
         log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} "
                  f"({left} epochs to go: about {_duration(est * left)})")

@@ -18,8 +18,13 @@ from trainer.tracking import read_metrics
 
 def save_predictions(run_dir: Path, preds: np.ndarray, labels: np.ndarray, probs: np.ndarray,
                      images: np.ndarray, classes: list[str], n_wrong: int) -> None:
-    """The best epoch's test predictions, plus the first `n_wrong` misclassified images' pixels."""
-    wrong = np.flatnonzero(preds != labels)[:n_wrong]
+    """The best epoch's test predictions, plus `n_wrong` misclassified images' pixels: the most confident
+    mistakes of each true class in turn, so every class shows up (the test split is sorted by class)."""
+    wrong = np.flatnonzero(preds != labels)
+    per_class = [wrong[labels[wrong] == c][np.argsort(-probs[wrong[labels[wrong] == c]], kind="stable")]
+                 for c in range(len(classes))]
+    rounds = max((len(w) for w in per_class), default=0)
+    wrong = np.array([w[i] for i in range(rounds) for w in per_class if i < len(w)], dtype=np.int64)[:n_wrong]
     tmp = run_dir / "predictions.tmp.npz"
     np.savez_compressed(tmp, preds=preds, labels=labels, probs=probs, wrong_index=wrong,
                         wrong_images=images[wrong], classes=np.array(classes))
