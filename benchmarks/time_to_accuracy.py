@@ -81,9 +81,7 @@ def measure_throughput(run_dir: Path, batches: int = 60) -> dict:
     cfg = TrainConfig.load(run_dir / "config.yaml")
     data = load_data(cfg.data, cfg.data_dir)
     mean, std = channel_stats(data.train_x)
-    transform = build_train_transform(mean, flip_p=cfg.flip_p, ssr_p=cfg.ssr_p, shift_limit=cfg.shift_limit,
-                                      scale_limit=cfg.scale_limit, rotate_limit=cfg.rotate_limit,
-                                      dropout_p=cfg.dropout_p, gray_p=cfg.gray_p)
+    transform = build_train_transform(mean, **cfg.augment_kwargs())
     ds = AugmentedDataset(data.train_x, data.train_y, transform, seed=0)
     cuda = torch.cuda.is_available()
     loader = make_loader(ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True, pin_memory=cuda)

@@ -49,7 +49,6 @@ class TrainConfig:
     workers: int = -1  # -1 = CPU cores - 1 (per process)
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16
     channels_last: bool = True
-    compile: bool = False
     out: str = "runs"
     name: str = ""  # run folder name; default <model>-<recipe>-<timestamp>
     resume: str | None = None
@@ -57,6 +56,11 @@ class TrainConfig:
     wandb_project: str = "s7-cifar10"
     target_acc: float = 87.0
     log_misclassified: int = 25
+
+    def augment_kwargs(self) -> dict[str, float]:
+        """The augmentation probabilities and ranges, as `build_train_transform` takes them."""
+        names = ("flip_p", "ssr_p", "shift_limit", "scale_limit", "rotate_limit", "dropout_p", "gray_p")
+        return {n: getattr(self, n) for n in names}
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -156,9 +156,7 @@ def train(cfg: TrainConfig) -> int:
     train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
     test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
     mean, std = channel_stats(train_x)
-    transform = build_train_transform(
-        mean, flip_p=cfg.flip_p, ssr_p=cfg.ssr_p, shift_limit=cfg.shift_limit, scale_limit=cfg.scale_limit,
-        rotate_limit=cfg.rotate_limit, dropout_p=cfg.dropout_p, gray_p=cfg.gray_p)
+    transform = build_train_transform(mean, **cfg.augment_kwargs())
     train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=accelerator.process_index)
     test_ds = AugmentedDataset(test_x, test_y, None, seed=cfg.seed, rank=accelerator.process_index)
     cuda = accelerator.device.type == "cuda"
