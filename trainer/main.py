@@ -13,6 +13,7 @@ PROCESS_START = time.time()  # wall time to the target accuracy counts from here
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):  # `python trainer/main.py` / `accelerate launch trainer/main.py` from a checkout
@@ -23,7 +24,8 @@ import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 from accelerate import Accelerator, DataLoaderConfiguration  # noqa: E402
-from accelerate.utils import DistributedType, broadcast_object_list, set_seed  # noqa: E402
+from accelerate.utils import broadcast_object_list, set_seed  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import models  # noqa: E402,F401  (registers the s7 nets with timm)
 from models.receptive_field import format_rf_table, receptive_field, rf_table  # noqa: E402
@@ -137,6 +139,57 @@ def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_test: int, num_c
     return min(train_t[1:]) * 1.5 * n_train / cfg.batch_size + per_test_image * n_test  # +50%: optimizer, loader
 
 
+@dataclass
+class Inputs:
+    """What the data side hands the loop: the data, its pixel statistics, datasets and loaders."""
+
+    data: CifarData
+    test_x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    transform: object
+    train_ds: AugmentedDataset
+    train_loader: DataLoader
+    test_loader: DataLoader
+
+
+def build_inputs(cfg: TrainConfig, accelerator: Accelerator) -> Inputs:
+    """dataset -> (subset) -> statistics -> augmentation -> loaders (not yet prepared)."""
+    with accelerator.main_process_first():  # one decode, the other ranks read the cache
+        data = load_data(cfg.data, cfg.data_dir)
+    train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
+    test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
+    mean, std = channel_stats(train_x)
+    transform = build_train_transform(mean, **cfg.augment_kwargs())
+    rank = accelerator.process_index
+    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
+    test_ds = AugmentedDataset(test_x, test_y, None, seed=cfg.seed, rank=rank)
+    pin = accelerator.device.type == "cuda"
+    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
+                               pin_memory=pin, seed=cfg.seed)
+    # even_batches pads every rank's last batch to full size: keep test batches no larger than a rank's share
+    test_batch = max(1, min(1000, -(-len(test_y) // accelerator.num_processes)))
+    test_workers = min(cfg.workers, 2) if cfg.workers >= 0 else 2  # no augmentation: two workers keep up
+    test_loader = make_loader(test_ds, test_batch, shuffle=False, workers=test_workers, pin_memory=pin, seed=cfg.seed)
+    return Inputs(data, test_x, mean, std, transform, train_ds, train_loader, test_loader)
+
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rf_markdown: str, transform) -> None:
+    """config.yaml, the torchinfo summary, the RF table and the augmentation pipeline, once per run."""
+    cfg.save(run_dir / "config.yaml")
+    (run_dir / "summary.txt").write_text(summary_text(model) + "\n")
+    (run_dir / "receptive_field.md").write_text(rf_markdown + "\n")
+    (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
+
+
+def epoch_row(epoch: int, tr, te, wall: float) -> dict:
+    """One metrics.jsonl row (and W&B step). `lr` is the last rate used in the epoch."""
+    return {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
+            "test_acc": te.accuracy, "test_images": te.images, "lr": tr.lr, "epoch_seconds": tr.seconds + te.seconds,
+            "train_seconds": tr.seconds, "data_wait_seconds": tr.data_seconds, "test_seconds": te.seconds,
+            "images_per_second": tr.images / max(tr.seconds, 1e-9), "wall_seconds": wall}
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
@@ -151,21 +204,10 @@ def train(cfg: TrainConfig) -> int:
     log = tracking.RunLog(run_dir, enabled=main)
     set_seed(cfg.seed)
 
-    with accelerator.main_process_first():  # one decode, the other ranks read the cache
-        data: CifarData = load_data(cfg.data, cfg.data_dir)
-    train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
-    test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
-    mean, std = channel_stats(train_x)
-    transform = build_train_transform(mean, **cfg.augment_kwargs())
-    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=accelerator.process_index)
-    test_ds = AugmentedDataset(test_x, test_y, None, seed=cfg.seed, rank=accelerator.process_index)
+    inp = build_inputs(cfg, accelerator)
+    data, mean, std, train_ds = inp.data, inp.mean, inp.std, inp.train_ds
+    train_loader, test_loader = inp.train_loader, inp.test_loader
     cuda = accelerator.device.type == "cuda"
-    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
-                               pin_memory=cuda, seed=cfg.seed)
-    # even_batches pads every rank's last batch to full size: keep test batches no larger than a rank's share
-    test_batch = max(1, min(1000, -(-len(test_y) // accelerator.num_processes)))
-    test_loader = make_loader(test_ds, test_batch, shuffle=False, workers=min(cfg.workers, 2) if cfg.workers >= 0 else 2,
-                              pin_memory=cuda, seed=cfg.seed)
 
     model = timm.create_model(cfg.model, num_classes=len(data.classes))
     n_params = sum(p.numel() for p in model.parameters())
@@ -198,20 +240,18 @@ def train(cfg: TrainConfig) -> int:
         if main:
             tracking.truncate_metrics(run_dir, state["epoch"])
     elif main:
-        cfg.save(run_dir / "config.yaml")
-        (run_dir / "summary.txt").write_text(summary_text(accelerator.unwrap_model(model)) + "\n")
-        (run_dir / "receptive_field.md").write_text(rf_markdown + "\n")
-        (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
+        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rf_markdown, inp.transform)
     tracking.init_wandb(accelerator, cfg, run_dir, name[0], {"parameters": n_params, "receptive_field": rf})
 
     devices = f"{accelerator.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}"
     log.line(f"s7 train: {cfg.model} ({n_params:,} parameters, RF {rf}) recipe {cfg.recipe or 'custom'}")
     log.line(f"devices: {devices}, {accelerator.distributed_type}, precision {accelerator.mixed_precision}")
-    log.line(f"data: {data.source}: {len(train_y):,} train / {len(test_y):,} test images, {len(data.classes)} classes")
+    log.line(f"data: {data.source}: {len(inp.train_ds):,} train / {len(inp.test_x):,} test images, "
+             f"{len(data.classes)} classes")
     log.line(f"run folder: {run_dir}  (W&B: {tracking.resolve_wandb_mode(cfg.wandb_mode)})")
     if not cuda and main:
-        est = cpu_epoch_estimate(accelerator.unwrap_model(model), cfg, len(train_y) // accelerator.num_processes,
-                                 len(test_y) // accelerator.num_processes, len(data.classes))
+        est = cpu_epoch_estimate(accelerator.unwrap_model(model), cfg, len(inp.train_ds) // accelerator.num_processes,
+                                 len(inp.test_x) // accelerator.num_processes, len(data.classes))
         left = cfg.epochs - start_epoch + 1
         log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} "
                  f"({left} epochs to go: about {_duration(est * left)})")
@@ -230,17 +270,13 @@ def train(cfg: TrainConfig) -> int:
             train_ds.set_epoch(epoch)       # augmentation stream from (seed, epoch, rank, worker)
             tr = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, mean_t, std_t,
                                  epoch=epoch, channels_last=cfg.channels_last, ema=ema, progress=progress)
-            lr = tr.lr  # the last rate used; get_last_lr() is already the next step's
             te = validate(accelerator, ema if ema is not None else model, test_loader, mean_t, std_t,
                           channels_last=cfg.channels_last, tta_flip=cfg.tta_flip, progress=progress)
             if not np.isfinite(te.loss):
                 raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
                                     "training stopped, best checkpoint kept")
             wall = state["elapsed_before"] + time.time() - (resume_at if cfg.resume else PROCESS_START)
-            row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
-                   "test_acc": te.accuracy, "test_images": te.images, "lr": lr, "epoch_seconds": tr.seconds + te.seconds,
-                   "train_seconds": tr.seconds, "data_wait_seconds": tr.data_seconds, "test_seconds": te.seconds,
-                   "images_per_second": tr.images / max(tr.seconds, 1e-9), "wall_seconds": wall}
+            row = epoch_row(epoch, tr, te, wall)
             if te.accuracy >= cfg.target_acc and state["epoch_to_target"] is None:
                 state["epoch_to_target"], state["seconds_to_target"] = epoch, wall
             state["best_train_acc"] = max(state["best_train_acc"], tr.accuracy)
@@ -250,7 +286,7 @@ def train(cfg: TrainConfig) -> int:
             log.metrics(row)
             accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | "
-                     f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% | lr {lr:.4f} | "
+                     f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% | lr {tr.lr:.4f} | "
                      f"{row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | wall {wall:.1f}s")
             if main and is_best:
                 checkpoint.save_best(ema if ema is not None else accelerator.unwrap_model(model), run_dir / "best",
@@ -259,7 +295,7 @@ def train(cfg: TrainConfig) -> int:
                                       "std": list(map(float, std)), "data": data.source,
                                       "tta_flip": cfg.tta_flip})
                 report.save_predictions(run_dir, te.predictions.numpy(), te.labels.numpy(),
-                                        te.probabilities.numpy(), test_x, data.classes, cfg.log_misclassified)
+                                        te.probabilities.numpy(), inp.test_x, data.classes, cfg.log_misclassified)
             checkpoint.save_checkpoint(accelerator, ckpt_root, epoch,
                                        {**state, "elapsed_before": wall}, ema)
     except NonFiniteLoss as e:
@@ -272,7 +308,7 @@ def train(cfg: TrainConfig) -> int:
         return _interrupted(log, accelerator, run_dir, epoch, "SIGINT")
 
     if main:
-        summary = report.build_report(run_dir)
+        report.build_report(run_dir)
         tracking.wandb_files_and_summary(
             accelerator, cfg, run_dir,
             {"best_test_acc": state["best_acc"], "best_epoch": state["best_epoch"],
