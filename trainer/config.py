@@ -12,50 +12,74 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its --help text (dataclass metadata, as in timm's train.py args)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run. Defaults are the `s7` default recipe; configs/*.yaml override them."""
 
-    model: str = "s7"
-    recipe: str = ""  # name of the YAML recipe this config came from (for run names)
+    model: str = _opt("s7", "timm-registered net: s7, s7_strided or s7_dilated")
+    recipe: str = _opt("", "name of the YAML recipe this config came from (used in run names)")
     # data
-    data: str | None = None  # image-folder tree or .tar(.gz) of one; None = torchvision download
-    data_dir: str = "./data"
-    train_subset: int = 0  # >0: use only the first N training images (smoke runs)
-    test_subset: int = 0
+    data: str | None = _opt(None, "image-folder tree DIR/{train,test}/<class>/* or a .tar(.gz) of one; "
+                                  "unset = download the original CIFAR-10 with torchvision")
+    data_dir: str = _opt("./data", "where downloads and the decoded-image cache go")
+    train_subset: int = _opt(0, ">0: train on a fixed random subset of N images (smoke runs)")
+    test_subset: int = _opt(0, ">0: test on a fixed random subset of N images")
     # optimisation
-    epochs: int = 20
-    batch_size: int = 256  # per process
-    optimizer: str = "sgd"  # sgd (Nesterov) | adamw
-    lr: float = 0.2  # OneCycle peak
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # applied to conv weights only, never BatchNorm or biases
-    label_smoothing: float = 0.1
-    pct_start: float = 0.25
-    div_factor: float = 10.0
-    final_div_factor: float = 100.0
-    ema_decay: float = 0.0  # >0: evaluate an exponential moving average of the weights
-    tta_flip: bool = False  # average logits of the image and its mirror at test time
+    epochs: int = _opt(20, "epochs (the OneCycle schedule spans all of them)")
+    batch_size: int = _opt(256, "images per batch, per process")
+    optimizer: str = _opt("sgd", "sgd (Nesterov) or adamw")
+    lr: float = _opt(0.2, "OneCycle peak learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "on conv weights only, never on BatchNorm or biases")
+    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing")
+    pct_start: float = _opt(0.25, "fraction of the steps spent warming up to the peak")
+    div_factor: float = _opt(10.0, "starting lr = peak / div_factor")
+    final_div_factor: float = _opt(100.0, "final lr = starting lr / final_div_factor")
+    ema_decay: float = _opt(0.0, ">0: evaluate an exponential moving average of the weights")
+    tta_flip: bool = _opt(False, "test on the mean logits of each image and its mirror")
     # augmentation (probabilities and ranges; see trainer/augment.py)
-    flip_p: float = 0.5
-    ssr_p: float = 0.5
-    shift_limit: float = 0.0625
-    scale_limit: float = 0.1
-    rotate_limit: float = 15.0
-    dropout_p: float = 0.25
-    gray_p: float = 0.05
+    flip_p: float = _opt(0.5, "probability of a horizontal flip")
+    ssr_p: float = _opt(0.5, "probability of shift-scale-rotate")
+    shift_limit: float = _opt(0.0625, "largest shift, as a fraction of the side (0.0625 = 2 px)")
+    scale_limit: float = _opt(0.1, "largest zoom in or out (0.1 = 0.9-1.1)")
+    rotate_limit: float = _opt(15.0, "largest rotation in degrees")
+    dropout_p: float = _opt(0.25, "probability of one 16x16 hole filled with the dataset mean")
+    gray_p: float = _opt(0.05, "probability of grayscale (three equal channels)")
     # machinery
-    seed: int = 0
-    workers: int = -1  # -1 = CPU cores - 1 (per process)
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
-    channels_last: bool = True
-    out: str = "runs"
-    name: str = ""  # run folder name; default <model>-<recipe>-<timestamp>
-    resume: str | None = None
-    wandb_mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
-    wandb_project: str = "s7-cifar10"
-    target_acc: float = 87.0
-    log_misclassified: int = 25
+    seed: int = _opt(0, "seeds init, shuffle order and augmentation streams")
+    workers: int = _opt(-1, "loader worker processes per process; -1 = CPU cores - 1")
+    mixed_precision: str = _opt("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16 or bf16")
+    channels_last: bool = _opt(True, "NHWC memory layout (faster convs on GPUs)")
+    out: str = _opt("runs", "folder that holds run folders")
+    name: str = _opt("", "run folder name; default <model>-<recipe>-<timestamp>")
+    resume: str | None = _opt(None, "run folder to continue from its last completed epoch")
+    wandb_mode: str = _opt("auto", "auto (online with an API key, else offline), online, offline or disabled")
+    wandb_project: str = _opt("s7-cifar10", "W&B project")
+    target_acc: float = _opt(87.0, "test accuracy whose first epoch and wall time are reported")
+    log_misclassified: int = _opt(25, "misclassified test images kept for the report and W&B")
+
+    def check(self) -> "TrainConfig":
+        """Refuse values that cannot work, with a one-line message naming the flag."""
+        choices = {"optimizer": ("sgd", "adamw"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
+                   "wandb_mode": ("auto", "online", "offline", "disabled")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        for name in ("flip_p", "ssr_p", "dropout_p", "gray_p", "pct_start", "label_smoothing", "ema_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SystemExit(f"error: --{name.replace('_', '-')} must be between 0 and 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise SystemExit(f"error: --lr must be positive, not {self.lr}")
+        return self
 
     def augment_kwargs(self) -> dict[str, float]:
         """The augmentation probabilities and ranges, as `build_train_transform` takes them."""
@@ -107,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default_txt = f.default if f.default is not dataclasses.MISSING else None
-        p.add_argument(flag, dest=f.name, type=_flag_type(f), default=None,
-                       help=f"(default {default_txt!r})")
+        p.add_argument(flag, dest=f.name, type=_flag_type(f), default=None, metavar=f.name.upper(),
+                       help=f"{f.metadata.get('help', '')} (default {default_txt!r})")
     return p
 
 
@@ -125,4 +149,4 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         values = _checked(yaml.safe_load(recipe_path.read_text()) or {}, str(recipe_path))
         values.setdefault("recipe", recipe_path.stem)
     values.update(flags)
-    return TrainConfig(**values)
+    return TrainConfig(**values).check()
