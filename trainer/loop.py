@@ -49,6 +49,7 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
     start = time.perf_counter()
     totals = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, correct, count
     first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)
+    step_t = torch.zeros((), device=accelerator.device, dtype=torch.long)  # the step, counted on the device
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
     lr = optimizer.param_groups[0]["lr"]
     data_seconds, fetch_start = 0.0, time.perf_counter()
@@ -66,8 +67,9 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
         if ema is not None:
             ema.update_parameters(accelerator.unwrap_model(model))
         detached = loss.detach().float()
-        # Track the first bad step on the device: no host sync per step.
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), torch.tensor(step, device=first_bad.device), first_bad)
+        # Track the first bad step on the device: no host sync and no host-to-device copy per step.
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step_t, first_bad)
+        step_t += 1
         totals[0] += detached.double() * y.numel()
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += y.numel()
