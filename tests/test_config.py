@@ -25,3 +25,18 @@ def test_every_field_has_help_text():
     assert missing == []
     text = build_parser().format_help()
     assert "OneCycle peak learning rate" in text and "--label-smoothing" in text
+
+
+def test_resume_keeps_the_saved_config_except_harmless_flags_given(tmp_path):
+    from trainer.main import main as _  # noqa: F401  (import path as the trainer uses it)
+    from trainer.main import resumed_config
+
+    run = tmp_path / "run1"
+    run.mkdir()
+    TrainConfig(model="s7_dilated", epochs=3, lr=0.05, workers=0, wandb_mode="disabled").save(run / "config.yaml")
+    argv = ["--resume", str(run), "--workers", "2", "--lr", "9"]
+    given = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    cfg = resumed_config(resolve(argv), given)
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("s7_dilated", 3, 0.05)   # the run's own recipe, not the flags
+    assert cfg.workers == 2 and cfg.wandb_mode == "disabled"             # given harmless flag wins; others saved
+    assert (cfg.name, cfg.out, cfg.resume) == ("run1", str(tmp_path), str(run))

@@ -32,12 +32,12 @@ from models.receptive_field import format_rf_table, receptive_field, rf_table  #
 from models.rules import summary_text  # noqa: E402
 from trainer import checkpoint, report, tracking  # noqa: E402
 from trainer.augment import build_train_transform, describe_pipeline  # noqa: E402
-from trainer.config import TrainConfig, resolve  # noqa: E402
+from trainer.config import TrainConfig, build_parser, resolve  # noqa: E402
 from trainer.dataset import CifarData, DataError, channel_stats, load_data  # noqa: E402
 from trainer.loader import AugmentedDataset, make_loader  # noqa: E402
 from trainer.loop import NonFiniteLoss, train_one_epoch, validate  # noqa: E402
 
-RESUME_OVERRIDABLE = ("resume", "workers", "wandb_mode", "out")
+RESUME_OVERRIDABLE = ("resume", "workers", "wandb_mode")  # harmless to change mid-run
 
 
 class Interrupted(KeyboardInterrupt):
@@ -105,16 +105,18 @@ def run_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.model}-{cfg.recipe or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resumed_config(cfg: TrainConfig, flags: TrainConfig) -> TrainConfig:
-    """The saved config of the run being resumed, with only harmless fields taken from the flags."""
-    path = Path(cfg.resume) / "config.yaml"
+def resumed_config(flags: TrainConfig, given: set[str]) -> TrainConfig:
+    """The saved config of the run being resumed (--resume); of the flags `given` on the command line, only
+    harmless ones (RESUME_OVERRIDABLE) replace saved values."""
+    path = Path(flags.resume) / "config.yaml"
     if not path.is_file():
-        raise SystemExit(f"error: --resume {cfg.resume}: not a run folder (no config.yaml)")
+        raise SystemExit(f"error: --resume {flags.resume}: not a run folder (no config.yaml)")
     saved = TrainConfig.load(path)
-    for name in RESUME_OVERRIDABLE:
+    for name in set(RESUME_OVERRIDABLE) & given:
         setattr(saved, name, getattr(flags, name))
-    saved.name = Path(cfg.resume).name
-    saved.out = str(Path(cfg.resume).parent)
+    saved.resume = flags.resume
+    saved.name = Path(flags.resume).name
+    saved.out = str(Path(flags.resume).parent)
     return saved
 
 
@@ -336,7 +338,8 @@ def _interrupted(log, accelerator, run_dir: Path, epoch: int, why: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     flags = resolve(argv)
-    cfg = resumed_config(flags, flags) if flags.resume else flags
+    given = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    cfg = resumed_config(flags, given) if flags.resume else flags
     try:
         return train(cfg)
     except (DataError, checkpoint.CheckpointError, FileNotFoundError) as e:
