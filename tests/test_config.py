@@ -28,7 +28,6 @@ def test_every_field_has_help_text():
 
 
 def test_resume_keeps_the_saved_config_except_harmless_flags_given(tmp_path):
-    from trainer.main import main as _  # noqa: F401  (import path as the trainer uses it)
     from trainer.main import resumed_config
 
     run = tmp_path / "run1"
