@@ -237,7 +237,7 @@ def test_download_failure_without_network_points_to_data_flag(tmp_path, monkeypa
 def test_channel_stats_match_numpy_over_the_whole_array():
     x = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     x[:, :, :, 2] //= 3  # channels with different statistics
-    mean, std = channel_stats(x, chunk=7)  # chunks that don't divide the count
+    mean, std = channel_stats(x)
     flat = x.astype(np.float64).reshape(-1, 3)
     np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, flat.std(axis=0), rtol=1e-12)

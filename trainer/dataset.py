@@ -234,19 +234,19 @@ def _write_cache(cache: Path, d: CifarData) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) std in pixel units of a uint8 NHWC array, in float64 chunks."""
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std in pixel units of a uint8 NHWC array.
+
+    Exact, from each channel's 256-bin histogram: no float copy of the images (2.5 s -> a fraction for 50k).
+    """
     if x.ndim != 4 or x.shape[-1] != 3 or len(x) == 0:
         raise ValueError(f"expected a non-empty NHWC array with 3 channels, got shape {x.shape}")
-    n = x.shape[0] * x.shape[1] * x.shape[2]
-    total = np.zeros(3)
-    for i in range(0, len(x), chunk):
-        total += x[i:i + chunk].reshape(-1, 3).sum(axis=0, dtype=np.float64)
-    mean = total / n
-    sq = np.zeros(3)
-    for i in range(0, len(x), chunk):
-        sq += ((x[i:i + chunk].reshape(-1, 3).astype(np.float64) - mean) ** 2).sum(axis=0)
-    return mean, np.sqrt(sq / n)
+    levels = np.arange(256, dtype=np.float64)
+    hist = np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.float64)
+    n = hist[0].sum()
+    mean = hist @ levels / n
+    var = (hist * (levels[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+    return mean, np.sqrt(var)
 
 
 def _fmt(v: np.ndarray, digits: int) -> str:
