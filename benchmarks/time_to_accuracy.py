@@ -71,20 +71,15 @@ def measure_throughput(run_dir: Path, batches: int = 60) -> dict:
     import timm
     import torch
 
-    import models  # noqa: F401
-    from trainer.augment import build_train_transform, normalize
+    from trainer.augment import normalize
     from trainer.config import TrainConfig
-    from trainer.dataset import channel_stats, load_data
-    from trainer.loader import AugmentedDataset, make_loader, resolve_workers
-    from trainer.main import make_optimizer, pick_precision
+    from trainer.loader import resolve_workers
+    from trainer.main import build_inputs, make_accelerator, make_optimizer, pick_precision
 
     cfg = TrainConfig.load(run_dir / "config.yaml")
-    data = load_data(cfg.data, cfg.data_dir)
-    mean, std = channel_stats(data.train_x)
-    transform = build_train_transform(mean, **cfg.augment_kwargs())
-    ds = AugmentedDataset(data.train_x, data.train_y, transform, seed=0)
+    inp = build_inputs(cfg, make_accelerator(cfg))  # the run's own data, statistics, augmentation and loader
+    data, mean, std, loader = inp.data, inp.mean, inp.std, inp.train_loader
     cuda = torch.cuda.is_available()
-    loader = make_loader(ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True, pin_memory=cuda)
     it = iter(loader)
     next(it)  # workers started
     t = time.perf_counter()

@@ -65,9 +65,7 @@ def _runs() -> list[Path]:
 
 
 def block_results() -> str:
-    from trainer.report import build_report  # noqa: F401  (same numbers as report.md)
-    from trainer.report import results_achieved
-    from trainer.tracking import read_metrics
+    from trainer.report import run_results
 
     runs = _runs()
     if not runs:
@@ -75,19 +73,14 @@ def block_results() -> str:
     lines = ["| run | model | where | epochs | best train acc | best test acc (epoch) | 87% reached | params | RF |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        rows = read_metrics(run)
-        cfg_text = (run / "config.yaml").read_text()
-        model = re.search(r"^model: (\S+)", cfg_text, re.M).group(1)
+        res = run_results(run)
         info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
-        summary = (run / "summary.txt").read_text()
-        params = re.search(r"Total params: ([\d,]+)", summary).group(1)
-        rf = (run / "receptive_field.md").read_text().strip().splitlines()[-1].split("|")[-3].strip()
-        res = results_achieved(rows, {"target_acc": 87.0})
         hit = (f"epoch {res['epoch_to_target']}, {res['seconds_to_target']:.0f} s" if res["epoch_to_target"]
                else "no")
-        lines.append(f"| [{run.name}](results/{run.name}/report.md) | {model} | {info.get('where', '?')} | "
-                     f"{res['epochs']} | {res['best_train_acc']:.2f}% | {res['best_test_acc']:.2f}% "
-                     f"({res['best_epoch']}) | {hit} | {params} | {rf} |")
+        lines.append(f"| [{run.name}](results/{run.name}/report.md) | {res['config'].get('model', '?')} | "
+                     f"{info.get('where', '?')} | {res['epochs']} | {res['best_train_acc']:.2f}% | "
+                     f"{res['best_test_acc']:.2f}% ({res['best_epoch']}) | {hit} | {res['parameters']:,} | "
+                     f"{res['receptive_field']} |")
     return "\n".join(lines)
 
 

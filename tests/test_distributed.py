@@ -117,7 +117,7 @@ def test_world_size_that_disagrees_with_accelerate_is_a_clear_error(monkeypatch)
     Accelerator(cpu=True)  # this process's Accelerate state: one process, not distributed
     cfg = TrainConfig(wandb_mode="disabled")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert trainer_main.make_accelerator(cfg, None).num_processes == 1  # agreeing: fine
+    assert trainer_main.make_accelerator(cfg).num_processes == 1  # agreeing: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match=r"launched 2 processes but Accelerate runs 1 \(DistributedType.NO\)"):
-        trainer_main.make_accelerator(cfg, None)
+        trainer_main.make_accelerator(cfg)

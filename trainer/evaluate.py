@@ -1,7 +1,6 @@
 """`s7 evaluate` and `s7 predict`: load best weights (safetensors only) and test or classify."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import models  # noqa: F401  (registers the s7 nets)
 from trainer.augment import normalize
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.dataset import load_data
+from trainer.loop import tta_logits
 from trainer.report import per_class_markdown
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -31,9 +31,6 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
     """The model with its weights and its meta (classes, mean, std), all without unpickling."""
     weights = _weights_file(Path(path))
     state, meta = load_weights(weights)
-    meta_file = weights.parent / "meta.json"
-    if not meta.get("classes") and meta_file.is_file():  # weights written before meta went into the file
-        meta = {**json.loads(meta_file.read_text()), **meta}
     stored = meta.get("model")
     if model_name and stored and model_name != stored:  # s7 and s7_dilated share every tensor shape
         raise CheckpointError(f"{weights}: weights are for model {stored!r}, not {model_name!r} "
@@ -47,9 +44,7 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit model {name!r} ({str(e).splitlines()[0]})") from None
-    meta = {"model": name, "classes": classes, "mean": meta.get("mean", CIFAR10_MEAN),
-            "std": meta.get("std", CIFAR10_STD), **{k: v for k, v in meta.items() if k not in ("classes",)}}
-    return model.eval(), meta
+    return model.eval(), {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, **meta, "model": name, "classes": classes}
 
 
 @torch.no_grad()
@@ -59,10 +54,7 @@ def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).contiguous(), mean, std)
-        logits = model(x)
-        if tta_flip:
-            logits = (logits + model(x.flip(3))) / 2
-        out.append(logits.softmax(1).numpy())
+        out.append(tta_logits(model, x, tta_flip).softmax(1).numpy())
     return np.concatenate(out)
 
 

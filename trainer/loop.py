@@ -85,6 +85,12 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
                        time.perf_counter() - start, data_seconds, lr)
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+    """Logits of a normalised batch; with flip TTA, the mean of the image's and its mirror's."""
+    logits = model(x)
+    return (logits + model(x.flip(3))) / 2 if tta_flip else logits
+
+
 @torch.no_grad()
 def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last: bool = True,
              tta_flip: bool = False, progress: bool = False) -> EvalResult:
@@ -95,10 +101,7 @@ def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last:
     for x, y in tqdm(loader, desc="test", leave=False, disable=not progress, dynamic_ncols=True):
         x = _prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
-            logits = model(x)
-            if tta_flip:
-                logits = (logits + model(x.flip(3))) / 2
-        logits = logits.float()
+            logits = tta_logits(model, x, tta_flip).float()
         loss = nn.functional.cross_entropy(logits, y, reduction="none")
         logits, y, loss = accelerator.gather_for_metrics((logits, y, loss))
         p = logits.softmax(1)

@@ -13,6 +13,7 @@ PROCESS_START = time.time()  # wall time to the target accuracy counts from here
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import dataclasses  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -57,15 +58,14 @@ def pick_precision(requested: str) -> str:
     return "no"
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path | None) -> Accelerator:
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
     without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps."""
-    use_wandb = tracking.resolve_wandb_mode(cfg.wandb_mode) != "disabled"
+    use_wandb = cfg.wandb_mode != "disabled"
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=pick_precision(cfg.mixed_precision),
         log_with="wandb" if use_wandb else None,
-        project_dir=str(run_dir) if run_dir else None,
         step_scheduler_with_optimizer=False,  # we step OneCycle once per batch ourselves, sized to the shard
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, even_batches=True),
     )
@@ -198,7 +198,8 @@ def _duration(seconds: float) -> str:
 
 def train(cfg: TrainConfig) -> int:
     """Run (or resume) one training job; returns the process exit code."""
-    accelerator = make_accelerator(cfg, None)
+    cfg = dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode))
+    accelerator = make_accelerator(cfg)
     name = [run_name(cfg)]
     broadcast_object_list(name)  # every rank writes to the main rank's folder
     run_dir = Path(cfg.out) / name[0]
@@ -250,7 +251,7 @@ def train(cfg: TrainConfig) -> int:
     log.line(f"devices: {devices}, {accelerator.distributed_type}, precision {accelerator.mixed_precision}")
     log.line(f"data: {data.source}: {len(inp.train_ds):,} train / {len(inp.test_x):,} test images, "
              f"{len(data.classes)} classes")
-    log.line(f"run folder: {run_dir}  (W&B: {tracking.resolve_wandb_mode(cfg.wandb_mode)})")
+    log.line(f"run folder: {run_dir}  (W&B: {cfg.wandb_mode})")
     if not cuda and main:
         est = cpu_epoch_estimate(accelerator.unwrap_model(model), cfg, len(inp.train_ds) // accelerator.num_processes,
                                  len(inp.test_x) // accelerator.num_processes, len(data.classes))
@@ -263,7 +264,7 @@ def train(cfg: TrainConfig) -> int:
         log.line(f"resumed from epoch {state['epoch']} of {cfg.epochs}")
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    progress = main and tracking.stderr_is_terminal()
+    progress = main and sys.stderr.isatty()  # tqdm bars on a terminal, plain lines otherwise
     epoch = start_epoch - 1
     resume_at = time.time()
     try:

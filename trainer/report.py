@@ -124,20 +124,30 @@ def _read(run_dir: Path, name: str) -> str:
     return path.read_text().rstrip() if path.is_file() else f"({name} missing)"
 
 
-def build_report(run_dir: Path) -> dict[str, Any]:
-    """Write plots, per_class.md, misclassified.png and report.md; return the results dict."""
+def run_results(run_dir: Path) -> dict[str, Any]:
+    """Results achieved by a run folder, from its files: metrics.jsonl, config.yaml (model, target),
+    summary.txt (parameters) and receptive_field.md (RF of the map entering GAP)."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     if not rows:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows to report")
     cfg = yaml.safe_load(_read(run_dir, "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-    summary = _read(run_dir, "summary.txt")
-    rf_md = _read(run_dir, "receptive_field.md")
-    params = next((int(line.split(":")[1].replace(",", "")) for line in summary.splitlines()
+    params = next((int(line.split(":")[1].replace(",", "")) for line in _read(run_dir, "summary.txt").splitlines()
                    if line.startswith("Total params:")), None)
+    rf_md = _read(run_dir, "receptive_field.md")
     rf = int(rf_md.strip().splitlines()[-1].split("|")[-3]) if rf_md.startswith("|") else None
     res = results_achieved(rows, {"target_acc": cfg.get("target_acc", 87.0), "parameters": params,
                                   "receptive_field": rf})
+    return {**res, "rows": rows, "config": cfg}
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """Write plots, per_class.md, misclassified.png and report.md; return the results dict."""
+    run_dir = Path(run_dir)
+    res = run_results(run_dir)
+    rows, cfg, params, rf = res["rows"], res["config"], res["parameters"], res["receptive_field"]
+    summary = _read(run_dir, "summary.txt")
+    rf_md = _read(run_dir, "receptive_field.md")
     _plot(rows, ("train_loss", "test_loss"), "loss", run_dir / "loss.png")
     _plot(rows, ("train_acc", "test_acc"), "accuracy (%)", run_dir / "accuracy.png")
     per_class = "(no predictions.npz)"

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 
 def resolve_wandb_mode(mode: str) -> str:
-    """auto -> online with a configured API key, else offline."""
+    """auto -> online with a configured API key, else offline; other modes (checked by the config) as given.
+    The trainer resolves it once, so the saved config says what the run really did."""
     if mode != "auto":
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"--wandb-mode must be auto, online, offline or disabled, not {mode!r}")
         return mode
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
         return os.environ["WANDB_MODE"]
@@ -70,33 +68,27 @@ def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
 
 
 def init_wandb(accelerator, cfg, run_dir: Path, run_name: str, extra: dict[str, Any]) -> None:
-    """Start the W&B run through Accelerate's trackers (no-op when disabled)."""
-    mode = resolve_wandb_mode(cfg.wandb_mode)
-    if mode == "disabled":
+    """Start the W&B run through Accelerate's trackers (no-op when disabled). cfg.wandb_mode is resolved."""
+    if cfg.wandb_mode == "disabled":
         return
     accelerator.init_trackers(
         cfg.wandb_project,
         config={**cfg.to_dict(), **extra},
-        init_kwargs={"wandb": {"name": run_name, "group": cfg.model, "mode": mode, "dir": str(run_dir),
+        init_kwargs={"wandb": {"name": run_name, "group": cfg.model, "mode": cfg.wandb_mode, "dir": str(run_dir),
                                "tags": [cfg.model, cfg.recipe or "custom", "cifar10"],
                                "job_type": "train", "resume": "allow", "id": run_name.replace("/", "-")}},
     )
 
 
-def wandb_run(accelerator, cfg):
-    """The underlying wandb Run on the main process, else None (other ranks hold a stub)."""
-    if resolve_wandb_mode(cfg.wandb_mode) == "disabled" or not accelerator.is_main_process:
-        return None
-    return accelerator.get_tracker("wandb", unwrap=True)
-
-
 def wandb_files_and_summary(accelerator, cfg, run_dir: Path, summary: dict[str, Any],
                             files: list[str], misclassified: list[tuple] | None) -> None:
-    """Summary fields, run-folder files and a misclassified-images table, main process only."""
-    run = wandb_run(accelerator, cfg)
-    if run is None:
+    """Summary fields, run-folder files and a misclassified-images table, main process only
+    (other ranks hold only a stub tracker)."""
+    if cfg.wandb_mode == "disabled" or not accelerator.is_main_process:
         return
     import wandb
+
+    run = accelerator.get_tracker("wandb", unwrap=True)
 
     for k, v in summary.items():
         run.summary[k] = v
@@ -109,6 +101,3 @@ def wandb_files_and_summary(accelerator, cfg, run_dir: Path, summary: dict[str, 
             table.add_data(wandb.Image(image), true, pred, prob)
         run.log({"misclassified": table}, step=summary.get("last_epoch", 0))
 
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
