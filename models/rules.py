@@ -1,18 +1,23 @@
-"""The assignment's rules as data, checked on any model by tracing one forward pass.
+"""The assignment's rules as data, checked on any model from a trace of one forward pass on a zero image.
 
-Each rule has a required and an actual value and passes or fails. The trace records, in execution
-order, every leaf module that runs (with its input/output sizes) and every functional max-pooling or
-global-pooling call (via a TorchFunctionMode), so a MaxPool or an FC after GAP is found whether it was
-written as a module or as a function call.
+The trace is the model's torch.fx graph, run op by op: every leaf module, torch function and tensor method with
+the real tensors it took and gave, and which op feeds which. So a max pooling is found however it is written (a
+module, F.max_pool2d, a max or amax over the spatial dims), "after GAP" means computed from the GAP's output
+(bare nn.Parameters included), and every op that shrinks the map is seen. The graph also runs on an image twice
+the size: the dims whose size follows the image are the spatial ones, even after a flatten or a permute.
+A model fx cannot trace (data-dependent control flow) fails the rule "traceable" and is checked, as far as that
+goes, on an eager run seen through a TorchFunctionMode, in execution order only.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
 from models.receptive_field import (_in_channels, empirical_receptive_field, format_rf_table, is_global_pool,
@@ -20,6 +25,11 @@ from models.receptive_field import (_in_channels, empirical_receptive_field, for
 
 MAX_PARAMS = 100_000
 MIN_RF = 53  # "RF > 52"
+INPUT = -1  # in Trace.feeds: the model's input image
+
+# The transition style each registered net is built for; any other net gets only the general downsampling rule.
+REQUIRED_TRANSITIONS = {"s7_strided": "strided", "s7_dilated": "dilated"}
+TRANSITION_STYLES = ("strided", "dilated")
 
 
 @dataclass
@@ -30,118 +40,379 @@ class Rule:
     passed: bool
 
 
-@dataclass
-class Event:
-    kind: str  # "module" | "maxpool" | "gap"
+@dataclass(eq=False)
+class Op:
+    """One call of the forward pass (a leaf module, a torch function or a tensor method) with the values it saw."""
+
+    name: str  # for the report: module path and class, or function and the module that called it
+    fn: str  # function or method name, or the leaf module's class name
     module: nn.Module | None
-    in_shape: tuple
-    out_shape: tuple
+    args: tuple
+    kwargs: dict
+    inputs: list[torch.Tensor]  # every tensor in args and kwargs, in order
+    outputs: list[torch.Tensor]
+    vary_in: list[set[int]] | None = None  # per input: the dims whose size follows the image size (graph only)
+    vary_out: list[set[int]] | None = None
 
 
-class _PoolSpy(TorchFunctionMode):
-    """Records max-pooling and global-average-pooling calls, however they are written."""
+@dataclass
+class Trace:
+    """The ops of one forward pass in execution order. From an fx graph, `feeds[i]` holds the ops that op i reads
+    (INPUT: the image); `error` says why fx could not trace the model, and then the ops come from an eager run."""
 
-    def __init__(self, events: list[Event]) -> None:
+    ops: list[Op]
+    feeds: list[set[int]] | None = None
+    error: str | None = None
+
+    def downstream(self, op: Op) -> list[Op]:
+        """Ops computed from `op`'s output, with the image-independent ops (weights) that feed them; in an eager
+        trace, every op that ran after it."""
+        i = self.ops.index(op)
+        if self.feeds is None:
+            return self.ops[i + 1:]
+        down, live = {i}, set()
+        for j, src in enumerate(self.feeds):  # graph order is a topological order
+            if src & down:
+                down.add(j)
+            if INPUT in src or src & live:
+                live.add(j)
+        side, todo = set(), [k for j in down for k in self.feeds[j]]
+        while todo:
+            k = todo.pop()
+            if k != INPUT and k not in live and k not in side:
+                side.add(k)
+                todo += self.feeds[k]
+        return [o for j, o in enumerate(self.ops) if j in (down | side) - {i}]
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _op(name: str, fn: str, module: nn.Module | None, args: tuple, kwargs: dict, out: Any) -> Op:
+    return Op(name, fn, module, tuple(args), dict(kwargs), _tensors((args, kwargs)), _tensors(out))
+
+
+def _image(model: nn.Module, size: int) -> torch.Tensor:
+    p = next(model.parameters(), None)
+    return torch.zeros(1, _in_channels(model), size, size,
+                       device=None if p is None else p.device, dtype=None if p is None else p.dtype)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".replace("|", "/")
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced graph, keeping each call's real arguments and result."""
+
+    def __init__(self, graph: fx.GraphModule) -> None:
+        super().__init__(graph, garbage_collect_values=False)
+        self.seen: dict[fx.Node, tuple[tuple, dict, Any]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.op.startswith("call_"):
+            self.seen[n] = (*self.fetch_args_kwargs_from_env(n), out)
+        return out
+
+
+def _run_graph(graph: fx.GraphModule, image: torch.Tensor) -> dict[fx.Node, tuple[tuple, dict, Any]]:
+    recorder = _Recorder(graph)
+    recorder.run(image)
+    return recorder.seen
+
+
+def _varying(a: torch.Tensor, b: torch.Tensor) -> set[int]:
+    return {d for d in range(a.dim()) if a.dim() == b.dim() and a.shape[d] != b.shape[d]}
+
+
+def _graph_op(graph: fx.GraphModule, node: fx.Node, first: tuple, second: tuple | None) -> Op:
+    if node.op == "call_module":
+        module = graph.get_submodule(node.target)
+        fn = type(module).__name__
+        name = f"{node.target} ({fn})"
+    else:
+        module = None
+        fn = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        name = f"{fn} in {stack[-1][0]}" if stack else fn
+    op = _op(name, fn, module, *first)
+    if second is not None:
+        op.vary_in = [_varying(a, b) for a, b in zip(op.inputs, _tensors(second[:2]))]
+        op.vary_out = [_varying(a, b) for a, b in zip(op.outputs, _tensors(second[2]))]
+    return op
+
+
+def _graph_trace(model: nn.Module, input_size: int) -> Trace:
+    graph = fx.symbolic_trace(model)
+    first = _run_graph(graph, _image(model, input_size))
+    try:
+        second = _run_graph(graph, _image(model, 2 * input_size))
+    except Exception:  # e.g. a Linear that fixes the input size: spatial dims are then judged by position
+        second = None
+    nodes = [n for n in graph.graph.nodes if n.op.startswith("call_")]
+    index = {n: i for i, n in enumerate(nodes)}
+    ops = [_graph_op(graph, n, first[n], None if second is None else second[n]) for n in nodes]
+    feeds = [{index.get(m, INPUT) for m in n.all_input_nodes if m.op != "get_attr"} for n in nodes]
+    return Trace(ops, feeds)
+
+
+class _CallSpy(TorchFunctionMode):
+    """Records every torch function and tensor method call, named with the module that made it."""
+
+    def __init__(self, ops: list[Op], where: list[str]) -> None:
         super().__init__()
-        self.events = events
+        self.ops, self.where = ops, where
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        name = getattr(func, "__name__", "")
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if x is not None and "max_pool" in name:
-            self.events.append(Event("maxpool", None, tuple(x.shape), tuple(out.shape)))
-        elif x is not None and is_global_pool(name, x, out):
-            self.events.append(Event("gap", None, tuple(x.shape), tuple(out.shape)))
+        fn = getattr(func, "__name__", str(func))
+        self.ops.append(_op(f"{fn} in {self.where[-1]}" if self.where else fn, fn, None, args, kwargs, out))
         return out
 
 
-def trace(model: nn.Module, input_size: int = 32) -> list[Event]:
-    """Events of one eval-mode forward pass on a zero image, in execution order."""
-    events: list[Event] = []
-    leaves = [m for m in model.modules() if not list(m.children())]
+def _eager_trace(model: nn.Module, input_size: int, error: str) -> Trace:
+    ops: list[Op] = []
+    where: list[str] = []  # the paths of the modules running now, innermost last
 
-    def pre(mod, inp):
-        events.append(Event("module", mod, tuple(inp[0].shape) if inp else (), ()))
+    def enter(path: str):
+        return lambda mod, inp: where.append(path)
 
-    handles = [m.register_forward_pre_hook(pre) for m in leaves]
-    was_training = model.training
+    def leave(mod, inp, out) -> None:
+        where.pop()
+
+    handles = [h for path, m in model.named_modules() if path
+               for h in (m.register_forward_pre_hook(enter(path)), m.register_forward_hook(leave))]
     try:
-        model.eval()
-        with torch.no_grad(), _PoolSpy(events):
-            model(torch.zeros(1, _in_channels(model), input_size, input_size))
+        with _CallSpy(ops, where):
+            model(_image(model, input_size))
     finally:
         for h in handles:
             h.remove()
+    return Trace(ops, error=error)
+
+
+def trace(model: nn.Module, input_size: int = 32) -> Trace:
+    """The model's fx graph run on a zero image (eval mode, no gradients) or, if fx cannot trace the model, an
+    eager run, with the reason in `error`."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                return _graph_trace(model, input_size)
+            except Exception as e:  # fx's TraceError, or a graph that does not run as traced
+                return _eager_trace(model, input_size, _one_line(e))
+    finally:
         model.train(was_training)
-    return events
 
 
-def _convs(events: list[Event]) -> list[nn.Conv2d]:
-    return [e.module for e in events if e.kind == "module" and isinstance(e.module, nn.Conv2d)]
+def _arg(op: Op, pos: int, key: str, default: Any = None) -> Any:
+    return op.args[pos] if len(op.args) > pos else op.kwargs.get(key, default)
 
 
-def count_depthwise_separable(events: list[Event]) -> int:
+def _pair(v: int | tuple | list) -> tuple[int, ...]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass
+class Conv:
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    c_in: int
+    c_out: int
+
+
+def conv_of(op: Op) -> Conv | None:
+    """The op's 2-D convolution, from an nn.Conv2d or an F.conv2d call; None for any other op."""
+    if isinstance(op.module, nn.Conv2d):
+        m = op.module
+        return Conv(m.kernel_size, m.stride, m.dilation, m.groups, m.in_channels, m.out_channels)
+    if op.module is None and op.fn == "conv2d":
+        w, groups = _arg(op, 1, "weight"), _arg(op, 6, "groups", 1)
+        return Conv(tuple(w.shape[2:]), _pair(_arg(op, 3, "stride", 1)), _pair(_arg(op, 5, "dilation", 1)),
+                    groups, w.shape[1] * groups, w.shape[0])
+    return None
+
+
+def count_depthwise_separable(ops: list[Op]) -> int:
     """Depthwise kxk conv (groups = in_channels > 1) whose output is next taken by a 1x1 pointwise conv."""
-    convs = _convs(events)
+    convs = [c for c in map(conv_of, ops) if c]
     count = 0
     for a, b in zip(convs, convs[1:]):
-        depthwise = a.groups == a.in_channels > 1 and a.out_channels % a.in_channels == 0 and a.kernel_size[0] > 1
-        pointwise = b.kernel_size == (1, 1) and b.groups == 1 and b.in_channels == a.out_channels
+        depthwise = a.groups == a.c_in > 1 and a.c_out % a.c_in == 0 and a.kernel[0] > 1
+        pointwise = b.kernel == (1, 1) and b.groups == 1 and b.c_in == a.c_out
         count += depthwise and pointwise
     return count
 
 
-def check_model(model: nn.Module, num_classes: int = 10, transitions: str | None = None) -> list[Rule]:
-    """Every rule, required vs actual. `transitions` (strided | dilated | mixed) defaults to the model's own."""
-    events = trace(model)
-    convs = _convs(events)
-    params = sum(p.numel() for p in model.parameters())
+def _max_reduced_dims(op: Op) -> set[int] | None:
+    """The dims a max or amax call reduces; None if the op is none (an elementwise max of two tensors is none)."""
+    x = _arg(op, 0, "input")
+    if op.module is not None or op.fn not in ("max", "amax") or not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return None
+    dim = _arg(op, 1, "dim")
+    if isinstance(dim, torch.Tensor) or "other" in op.kwargs:
+        return None
+    if dim is None or dim == () or dim == []:
+        return set(range(x.dim()))
+    return {d % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+
+
+def is_max_pool(op: Op) -> bool:
+    """A max-pooling module or function, or a max/amax over spatial dims: the dims whose size follows the image
+    size or, where that is unknown (eager trace, fixed-size model), dims 2 and on (N, C, H, W or N, C, H*W)."""
+    if "maxpool" in op.fn.lower().replace("_", ""):
+        return True
+    dims = _max_reduced_dims(op)
+    if not dims:
+        return False
+    x = op.inputs[0]
+    spatial = op.vary_in[0] if op.vary_in else set(range(2, x.dim()))
+    return any(x.shape[d] > 1 for d in dims & spatial)
+
+
+_POOL_FUNCTIONS = {nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d", nn.AvgPool2d: "avg_pool2d"}
+
+
+def is_gap(op: Op) -> bool:
+    """Global average pooling, as a module or a function (receptive_field.is_global_pool says which calls count)."""
+    fn = next((f for cls, f in _POOL_FUNCTIONS.items() if isinstance(op.module, cls)), op.fn)
+    return bool(op.inputs) and len(op.outputs) == 1 and is_global_pool(fn, op.inputs[0], op.outputs[0])
+
+
+def _positions(t: torch.Tensor, dims: set[int]) -> int:
+    return math.prod(t.shape[d] for d in dims)
+
+
+def shrinks(op: Op) -> bool:
+    """Whether the op leaves fewer image positions than it took: a smaller product of the dims that follow the
+    image size or, where those are unknown, fewer rows or columns of a 4-D map."""
+    if not op.inputs or not op.outputs:
+        return False
+    if op.vary_in is not None:
+        return (max(map(_positions, op.outputs, op.vary_out), default=1)
+                < max(map(_positions, op.inputs, op.vary_in), default=1))
+    x = op.inputs[0]
+    return x.dim() == 4 and any(y.dim() == 4 and (y.shape[-2] < x.shape[-2] or y.shape[-1] < x.shape[-1])
+                                for y in op.outputs)
+
+
+def downsampling(ops: list[Op]) -> tuple[list[Op], list[Op], list[Op]]:
+    """The ops that shrink the map: 3x3 stride-2 convs, stride-1 convs with less than 'same' padding, and the rest
+    (which break the rules). Max pools and the GAP are left to their own rules."""
+    strided, unpadded, other = [], [], []
+    for op in ops:
+        if not shrinks(op) or is_max_pool(op) or is_gap(op):
+            continue
+        c = conv_of(op)
+        if c and c.kernel == (3, 3) and c.stride == (2, 2):
+            strided.append(op)
+        elif c and c.stride == (1, 1):
+            unpadded.append(op)
+        else:
+            other.append(op)
+    return strided, unpadded, other
+
+
+def _describe(op: Op) -> str:
+    """The op's name and what it did to the map, e.g. `t3 (Conv2d): 1x1 stride 2, 8x8 -> 4x4`."""
+    parts = []
+    if c := conv_of(op):
+        parts.append(f"{'x'.join(map(str, c.kernel))} stride {c.stride[0]}")
+    x, ys = op.inputs[0], [y for y in op.outputs if y.dim() == op.inputs[0].dim()]
+    if x.dim() > 2 and ys:
+        parts.append(f"{'x'.join(map(str, x.shape[2:]))} -> {'x'.join(map(str, ys[0].shape[2:]))}")
+    return f"{op.name}: {', '.join(parts)}" if parts else op.name
+
+
+def _weights(op: Op, names: dict[int, str]) -> list[str]:
+    """What in the op has learned weights: its module, if that has parameters, and any nn.Parameter it reads."""
+    own = [op.name] if op.module is not None and any(True for _ in op.module.parameters()) else []
+    return own + [names.get(id(t), "an unnamed nn.Parameter") for t in op.inputs if isinstance(t, nn.Parameter)]
+
+
+def _rf_rule(model: nn.Module) -> Rule:
     rf = receptive_field(model)
     try:
         rf_emp: int | str = empirical_receptive_field(model)
     except ValueError as e:
         rf_emp = f"n/a: {e}"
-    ds = count_depthwise_separable(events)
-    dilated = [c for c in convs if max(c.dilation) > 1]
-    maxpools = [e for e in events if e.kind == "maxpool"]
-    gaps = [i for i, e in enumerate(events) if e.kind == "gap"]
-    stride2_3x3 = [c for c in convs if c.kernel_size == (3, 3) and max(c.stride) == 2]
-    strided_any = [c for c in convs if max(c.stride) > 1]
-    transitions = transitions or getattr(model, "transitions", None) or "mixed"
+    return Rule("receptive field", f"> {MIN_RF - 1}", f"{rf} (gradient check: {rf_emp})",
+                rf >= MIN_RF and rf == rf_emp)
 
+
+def _downsampling_rule(ops: list[Op]) -> Rule:
+    strided, unpadded, other = downsampling(ops)
+    actual = f"{len(strided)} stride-2 3x3, {len(unpadded)} under-padded stride-1, {len(other)} other"
+    if other:
+        actual += ": " + ", ".join(map(_describe, other))
+    return Rule("downsampling", "3x3 stride-2 or under-padded stride-1 convs, GAP", actual, not other)
+
+
+def _transition_rule(style: str, convs: list[Conv]) -> Rule:
+    strided = [c for c in convs if max(c.stride) > 1]
+    if style == "strided":
+        s2 = [c for c in strided if c.kernel == (3, 3) and c.stride == (2, 2)]
+        return Rule("transitions (strided)", "3 stride-2 3x3 convs, no other stride",
+                    f"{len(s2)} stride-2 3x3, {len(strided)} strided in all", len(s2) == len(strided) == 3)
+    return Rule("transitions (dilated)", "no stride > 1", f"{len(strided)} strided convs", not strided)
+
+
+def _gap_rules(model: nn.Module, tr: Trace, num_classes: int) -> list[Rule]:
+    gaps = [op for op in tr.ops if is_gap(op)]
+    required = f"= {num_classes} (classes)"
+    if not gaps:
+        return [Rule("GAP input channels", required, "no GAP found", False),
+                Rule("layers with weights after GAP", "none", "no GAP found", False)]
+    channels = gaps[0].inputs[0].shape[1]
+    names = {id(p): n for n, p in model.named_parameters()}
+    after = list(dict.fromkeys(w for op in tr.downstream(gaps[0]) for w in _weights(op, names)))
+    return [Rule("GAP input channels", required, str(channels) if len(gaps) == 1 else f"{channels} ({len(gaps)} GAPs)",
+                 channels == num_classes and len(gaps) == 1),
+            Rule("layers with weights after GAP", "none", ", ".join(after) or "none", not after)]
+
+
+def required_transitions(name: str) -> str | None:
+    """The transition style the registered net `name` is built for; None: only the general downsampling rule."""
+    return REQUIRED_TRANSITIONS.get(name)
+
+
+def check_model(model: nn.Module, num_classes: int = 10, transitions: str | None = None) -> list[Rule]:
+    """Every rule, required vs actual. `transitions` ("strided" or "dilated", see `required_transitions`) adds
+    that style's rule to the general downsampling rule; None checks the general rule only."""
+    if transitions is not None and transitions not in TRANSITION_STYLES:
+        raise ValueError(f"unknown transition style {transitions!r}; one of {', '.join(TRANSITION_STYLES)}")
+    tr = trace(model)
+    convs = [c for c in map(conv_of, tr.ops) if c]
+    params = sum(p.numel() for p in model.parameters())
+    ds = count_depthwise_separable(tr.ops)
+    dilated = [c for c in convs if max(c.dilation) > 1]
+    pools = [op.name for op in tr.ops if is_max_pool(op)]
     rules = [
+        Rule("traceable", "torch.fx graph", "yes" if tr.error is None else
+             f"no ({tr.error}); rules below from an eager run", tr.error is None),
         Rule("parameters", f"< {MAX_PARAMS:,}", f"{params:,}", params < MAX_PARAMS),
-        Rule("receptive field", f"> {MIN_RF - 1}", f"{rf} (gradient check: {rf_emp})",
-             rf >= MIN_RF and rf == rf_emp),
+        _rf_rule(model),
         Rule("depthwise-separable convs", ">= 2", str(ds), ds >= 2),
         Rule("dilated convs", ">= 1", str(len(dilated)), len(dilated) >= 1),
-        Rule("MaxPool", "none", str(len(maxpools)), not maxpools),
+        Rule("MaxPool", "none", f"{len(pools)}: {', '.join(pools)}" if pools else "0", not pools),
+        _downsampling_rule(tr.ops),
     ]
-    if transitions == "strided":
-        rules.append(Rule("transitions (strided)", "3 stride-2 3x3 convs, no other stride",
-                          f"{len(stride2_3x3)} stride-2 3x3, {len(strided_any)} strided in all",
-                          len(stride2_3x3) == 3 and len(strided_any) == 3))
-    elif transitions == "dilated":
-        rules.append(Rule("transitions (dilated)", "no stride > 1", f"{len(strided_any)} strided convs",
-                          not strided_any))
-    else:
-        rules.append(Rule("transitions (mixed)", "stride-2 3x3 or dilated convs only",
-                          f"{len(stride2_3x3)} stride-2 3x3, {len(dilated)} dilated",
-                          len(strided_any) == len(stride2_3x3)))
-    if gaps:
-        gap_channels = events[gaps[0]].in_shape[1]
-        rules.append(Rule("GAP input channels", f"= {num_classes} (classes)", str(gap_channels),
-                          gap_channels == num_classes and len(gaps) == 1))
-        after = [e.module for e in events[gaps[0] + 1:]
-                 if e.kind == "module" and any(True for _ in e.module.parameters(recurse=False))]
-        rules.append(Rule("layers with weights after GAP", "none",
-                          ", ".join(type(m).__name__ for m in after) or "none", not after))
-    else:
-        rules.append(Rule("GAP input channels", f"= {num_classes} (classes)", "no GAP found", False))
-        rules.append(Rule("layers with weights after GAP", "none", "no GAP found", False))
-    return rules
+    if transitions is not None:
+        rules.append(_transition_rule(transitions, convs))
+    return rules + _gap_rules(model, tr, num_classes)
 
 
 def format_rules(rules: list[Rule]) -> str:
@@ -173,7 +444,7 @@ def load_model(spec: str, num_classes: int = 10) -> nn.Module:
 def check_command(spec: str) -> int:
     """`s7 check MODEL`: rules table and RF table; 0 only if all pass."""
     model = load_model(spec)
-    rules = check_model(model)
+    rules = check_model(model, transitions=required_transitions(spec))
     print(f"## {spec}: rules\n\n{format_rules(rules)}\n")
     print(f"## {spec}: receptive field\n\n{format_rf_table(rf_table(model))}\n")
     ok = all(r.passed for r in rules)
