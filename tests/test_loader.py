@@ -1,4 +1,4 @@
-"""AugmentedDataset items, per-epoch/worker seeding through real DataLoader workers, collate and make_loader."""
+"""AugmentedDataset items, per-epoch/worker seeding through real DataLoader workers, make_loader and its worker count."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer.augment import build_train_transform
-from trainer.loader import AugmentedDataset, collate, make_loader, resolve_workers, worker_init_fn
+from trainer.loader import AugmentedDataset, make_loader, resolve_workers, worker_init_fn
 
 N = 48
 
@@ -90,18 +90,11 @@ def test_a_fork_after_use_in_the_parent_does_not_inherit_the_parents_stream():
     assert torch.equal(parent, x[:4])  # the main process (0 workers) draws worker 0's stream
 
 
-def test_collate_stacks_uint8_nchw_and_int64_labels():
-    items = [(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), i) for i in range(5)]
-    x, y = collate(items)
-    assert x.dtype == torch.uint8 and x.shape == (5, 3, 32, 32) and x.is_contiguous()
-    assert y.dtype == torch.int64 and y.tolist() == list(range(5))
-    assert torch.equal(x, torch.stack([item[0] for item in items]))
-
-
-def test_loader_without_transform_returns_the_stored_images():
+def test_loader_without_transform_returns_the_stored_images_as_uint8_nchw_and_int64_labels():
     x, y = images()
     loader = make_loader(AugmentedDataset(x, y), 16, shuffle=False, workers=2)
     xs, ys = zip(*loader)
+    assert xs[0].dtype == torch.uint8 and xs[0].shape == (16, 3, 32, 32) and ys[0].dtype == torch.int64
     np.testing.assert_array_equal(torch.cat(xs).numpy(), x.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(torch.cat(ys).numpy(), y)
 
@@ -113,9 +106,48 @@ def test_make_loader_settings():
     assert loader.multiprocessing_context.get_start_method() == "fork"
     assert loader.worker_init_fn is worker_init_fn
     assert make_loader(ds, 16, shuffle=False, workers=0).num_workers == 0
-    assert resolve_workers(-1) == max((os.cpu_count() or 1) - 1, 0) and resolve_workers(3) == 3
     orders = [torch.cat([b[1] for b in make_loader(ds, 16, shuffle=True, workers=0, seed=s)]) for s in (4, 4, 5)]
     assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
+
+
+def machine(monkeypatch, cores: int, usable: int, local_world_size: int | None) -> None:
+    """Pretend to run on `cores` cores of which the affinity mask allows `usable`, under a launcher or not."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(usable)), raising=False)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world_size))
+
+
+def test_all_workers_split_the_cores_among_the_local_processes(monkeypatch):
+    machine(monkeypatch, cores=16, usable=16, local_world_size=8)
+    assert resolve_workers(-1) == 1  # 16 cores / 8 ranks, one core of each share for the rank itself
+    machine(monkeypatch, cores=16, usable=16, local_world_size=None)
+    assert resolve_workers(-1) == 15
+
+
+def test_all_workers_count_only_the_cores_in_the_affinity_mask(monkeypatch):
+    machine(monkeypatch, cores=64, usable=4, local_world_size=None)
+    assert resolve_workers(-1) == 3
+    machine(monkeypatch, cores=64, usable=4, local_world_size=1)
+    assert resolve_workers(-1) == 3
+
+
+def test_all_workers_fall_back_to_cpu_count_without_an_affinity_mask(monkeypatch):
+    machine(monkeypatch, cores=12, usable=12, local_world_size=2)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert resolve_workers(-1) == 5
+
+
+def test_all_workers_is_zero_when_ranks_outnumber_the_cores(monkeypatch):
+    machine(monkeypatch, cores=2, usable=2, local_world_size=4)
+    assert resolve_workers(-1) == 0
+
+
+def test_an_explicit_worker_count_is_kept(monkeypatch):
+    machine(monkeypatch, cores=16, usable=4, local_world_size=8)
+    assert [resolve_workers(n) for n in (0, 1, 3, 32)] == [0, 1, 3, 32]
 
 
 def test_worker_init_uses_one_thread():

@@ -4,11 +4,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from trainer.augment import reseed
 
@@ -69,18 +68,27 @@ def worker_init_fn(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack items into a uint8 NCHW batch and int64 labels.
+def usable_cores() -> int:
+    """Cores this process may run on: its affinity mask (taskset, cgroup cpusets, Slurm), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
-    torch's default_collate, which inside a worker already stacks straight into shared memory; a hand-written
-    stack measured no faster (benchmarks/README.md), collation being well under 1 % of a batch's cost.
-    """
-    return default_collate(batch)
+
+def local_processes() -> int:
+    """Training processes on this machine, from the launcher's LOCAL_WORLD_SIZE (torchrun, accelerate launch)."""
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE") or 1), 1)
 
 
 def resolve_workers(workers: int) -> int:
-    """-1 means all cores but one (at least 0)."""
-    return max((os.cpu_count() or 1) - 1, 0) if workers < 0 else workers
+    """Loader workers of this process: `workers` as given, or for -1 this process's share of the usable cores.
+
+    -1 splits the usable cores among the local processes and keeps one core of each share for the training
+    process itself (at least 0), so 8 ranks on 16 cores start 8 workers in all, not 8 x 15.
+    """
+    if workers >= 0:
+        return workers
+    return max(usable_cores() // local_processes() - 1, 0)
 
 
 def make_loader(
@@ -107,7 +115,6 @@ def make_loader(
         num_workers=workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
-        collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )
