@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from trainer import dataset
-from trainer.dataset import DataError, channel_stats, load_data, stats_command
+from trainer.cli import stats_command
+from trainer.dataset import DataError, channel_stats, load_data
 
 CLASSES = ["zebra", "ant", "mole"]  # written unsorted: labels must follow sorted names
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"

@@ -42,11 +42,8 @@ def test_headline_net_keeps_c4_at_8x8():
 def test_num_classes_changes_only_the_head():
     net = timm.create_model("s7", num_classes=7)
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
-    assert net.head.classifier.out_channels == 7
+    shapes7 = {k: v.shape for k, v in net.state_dict().items()}
+    shapes10 = {k: v.shape for k, v in timm.create_model("s7", num_classes=10).state_dict().items()}
+    assert shapes7.keys() == shapes10.keys()
+    assert {k for k in shapes7 if shapes7[k] != shapes10[k]} == {"head.classifier.weight", "head.classifier.bias"}
 
-
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
-def test_pretrained_config_points_at_a_file_in_the_repository(name):
-    cfg = timm.create_model(name).pretrained_cfg
-    assert cfg["file"].endswith(f"models/weights/{name}.safetensors")
-    assert cfg["num_classes"] == 10 and cfg["input_size"] == (3, 32, 32)

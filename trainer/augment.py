@@ -20,21 +20,19 @@ rare because colour is a strong cue for several classes. The long recipe raises 
 
 Every transform is built with strict=True, so albumentations 1.x argument names (max_holes, fill_value)
 raise instead of being ignored with a warning. The test split gets no worker-side transform at all:
-`normalize` on the device is its whole pipeline.
+`trainer.loop.normalize` on the device is its whole pipeline.
 """
 from __future__ import annotations
 
 import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 HOLE = 16  # CoarseDropout hole side in pixels
 SIDE = 32  # CIFAR-10 image side: turns shift_limit (a fraction of the side) into pixels
@@ -82,11 +80,6 @@ def build_train_transform(
     )
 
 
-def build_test_transform() -> None:
-    """The test split has no worker-side transform: only `normalize` on the device."""
-    return None
-
-
 def reseed(transform: A.BaseCompose, seed: int) -> None:
     """Give the whole pipeline one random stream derived from seed.
 
@@ -95,13 +88,6 @@ def reseed(transform: A.BaseCompose, seed: int) -> None:
     """
     state = np.random.SeedSequence(seed & (2**128 - 1)).generate_state(4, np.uint32)
     transform.set_random_state(np.random.default_rng(state), random.Random(int.from_bytes(state.tobytes(), "little")))
-
-
-def normalize(batch: torch.Tensor, mean_pixels: Sequence[float], std_pixels: Sequence[float]) -> torch.Tensor:
-    """uint8 NCHW batch (any device) -> float32 (x - mean) / std, mean and std in pixel units."""
-    mean = torch.as_tensor(mean_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    return (batch.float() - mean) / std
 
 
 def describe_pipeline(transform: A.BaseCompose | None) -> str:
@@ -134,41 +120,3 @@ def _short(key: str, v: object) -> str:
     if isinstance(v, dict) and len(v) == 2 and v.get("x") == v.get("y"):
         return str(v["x"])  # {'x': r, 'y': r} -> r
     return str(v)
-
-
-def show_augment_command(data: str | None, data_dir: str, out: str, n: int, draws: int, seed: int) -> int:
-    """`s7 show-augment`: PNG grid with n training images per row, the original and `draws` augmented copies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trainer.dataset import channel_stats, load_data
-
-    if n < 1 or draws < 1:
-        raise ValueError("--n and --draws must be at least 1")
-    d = load_data(data, data_dir)
-    mean, _ = channel_stats(d.train_x)
-    transform = build_train_transform(mean)
-    reseed(transform, seed)
-    picks = np.random.default_rng(seed).choice(len(d.train_x), size=min(n, len(d.train_x)), replace=False)
-    fig, axes = plt.subplots(len(picks), draws + 1, figsize=(1.3 * (draws + 1), 1.4 * len(picks) + 0.8),
-                             squeeze=False)
-    for row, idx in enumerate(picks):
-        image = d.train_x[idx]
-        panels = [image] + [transform(image=image)["image"] for _ in range(draws)]
-        for col, panel in enumerate(panels):
-            ax = axes[row][col]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title("original" if col == 0 else f"draw {col}", fontsize=8)
-        axes[row][0].set_ylabel(f"{d.classes[d.train_y[idx]]}\n#{idx}", fontsize=7)
-    fig.suptitle("Training augmentation: flip, shift-scale-rotate, 16x16 mean-colour hole, gray", fontsize=9)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(out)
-    return 0

@@ -7,7 +7,6 @@ import io
 import os
 import sys
 import tarfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,31 +248,28 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(var)
 
 
-def _fmt(v: np.ndarray, digits: int) -> str:
-    return "(" + ", ".join(f"{c:.{digits}f}" for c in v) + ")"
+SPLIT_SEED = 12345  # fixed, so every run (any --seed) holds out the same images and subsets
 
 
-def _counts(y: np.ndarray, n_classes: int) -> str:
-    c = np.bincount(y, minlength=n_classes)
-    return f"{c[0]:,} per class" if c.min() == c.max() else f"{c.min():,}-{c.max():,} per class"
+def subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random subset of n images (class folders are sorted, so a prefix would be one class)."""
+    if n <= 0 or n >= len(y):
+        return x, y
+    idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(y))[:n])
+    return x[idx], y[idx]
 
 
-def stats_command(data: str | None, data_dir: str) -> int:
-    """`s7 stats`: print the source, image counts, classes and per-channel mean/std of the training split."""
-    start = time.perf_counter()
-    d = load_data(data, data_dir)
-    seconds = time.perf_counter() - start
-    mean, std = channel_stats(d.train_x)
-    k = len(d.classes)
-    print(f"source:   {d.source}")
-    print(f"train:    {len(d.train_x):,} images ({_counts(d.train_y, k)})")
-    print(f"test:     {len(d.test_x):,} images ({_counts(d.test_y, k)})")
-    print(f"classes:  {k} ({', '.join(d.classes)})")
-    print(f"mean:     {_fmt(mean, 2)} pixels = {_fmt(mean / 255, 4)} on 0-1 scale (train split)")
-    print(f"std:      {_fmt(std, 2)} pixels = {_fmt(std / 255, 4)} on 0-1 scale (train split)")
-    if data is None:
-        how = "torchvision's CIFAR-10 files"
-    else:
-        how = f"{'from the decoded cache' if d.from_cache else 'decoded, cache written'} in {os.path.abspath(data_dir)}"
-    print(f"loaded in {seconds:.1f} s ({how})")
-    return 0
+def split_validation(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold n images out of a training split, stratified (each class in proportion, largest remainders first)
+    and drawn with a fixed seed: (train_x, train_y, val_x, val_y), both in the original order."""
+    if not 0 < n < len(y):
+        raise DataError(f"--val-split {n}: must be between 1 and {len(y) - 1} (the training split has {len(y)} images)")
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n / len(y)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]] += 1
+    rng = np.random.default_rng(SPLIT_SEED)
+    held = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)])
+    mask = np.zeros(len(y), dtype=bool)
+    mask[held] = True
+    return x[~mask], y[~mask], x[mask], y[mask]
