@@ -1,5 +1,6 @@
 """Time to accuracy: run trainer/main.py (one process, W&B disabled), then print per-epoch test accuracy
-with cumulative wall time, the time to the target, the final accuracy, and where the time went.
+(without and with flip TTA) with cumulative wall time, the time to the target, the final epoch's accuracy, and
+where the time went.
 
     python3 benchmarks/time_to_accuracy.py --model s7 --data cifar10-jpeg.tar.gz [--config configs/s7.yaml]
         [--throughput] [-- extra trainer flags]
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, float, int]:
     name = args.name or f"{args.model}-{Path(args.config).stem if args.config else args.model}-tta"
     cmd = [sys.executable, str(ROOT / "trainer/main.py"), "--model", args.model, "--wandb-mode", "disabled",
-           "--out", args.out, "--name", name, "--data-dir", args.data_dir]
+           "--out", args.out, "--name", name, "--data-dir", args.data_dir, "--target-acc", str(args.target)]
     if args.data:
         cmd += ["--data", args.data]
     if args.config:
@@ -37,30 +38,43 @@ def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, floa
     return Path(args.out) / name, time.time() - start, rc
 
 
-def print_table(run_dir: Path, target: float) -> dict:
-    from trainer.tracking import read_metrics
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
-    rows = read_metrics(run_dir)
-    print(f"\n| epoch | test acc % | train acc % | epoch s | data wait s | test s | wall s |")
-    print("|---|---|---|---|---|---|---|")
+
+def print_table(run_dir: Path, target: float) -> dict:
+    """Per-epoch table, time to `target` test accuracy (without and with flip TTA), final-epoch accuracy and
+    where the time went; returns the time_to_accuracy.json fields."""
+    from trainer.report import pct, run_results
+
+    res = run_results(run_dir)  # the report's reading of the run folder (legacy rows upgraded)
+    rows = res["rows"]
+    val = any(r.get("val_acc") is not None for r in rows)
+    print("\n| epoch | test acc % | test acc %, flip TTA |" + (" val acc % |" if val else "")
+          + " train acc % (augmented) | epoch s | data wait s | test s | wall s |")
+    print("|---" * (8 + val) + "|")
     for r in rows:
-        print(f"| {r['epoch']} | {r['test_acc']:.2f} | {r['train_acc']:.2f} | {r['epoch_seconds']:.2f} | "
-              f"{r.get('data_wait_seconds', float('nan')):.2f} | {r['test_seconds']:.2f} | {r['wall_seconds']:.1f} |")
-    hit = next((r for r in rows if r["test_acc"] >= target), None)
+        print(f"| {r['epoch']} | {_pct(r['test_acc'])} | {_pct(r['test_acc_tta'])} |"
+              + (f" {_pct(r.get('val_acc'))} |" if val else "")
+              + f" {r['train_acc']:.2f} | {r['epoch_seconds']:.2f} | {r.get('data_wait_seconds', float('nan')):.2f} | "
+              f"{r['test_seconds']:.2f} | {r['wall_seconds']:.1f} |")
     out = {
         "run": str(run_dir), "epochs": len(rows),
-        "final_test_acc": rows[-1]["test_acc"] if rows else None,
-        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
-        "target": target,
-        "epoch_to_target": hit["epoch"] if hit else None,
-        "seconds_to_target": hit["wall_seconds"] if hit else None,
+        "final_test_acc": res["final_test_acc"],
+        "final_test_acc_tta": res["final_test_acc_tta"],
+        "target": res["target_acc"],  # the run's own --target-acc, which run_training sets to `target`
+        **{k: res[k] for k in ("epoch_to_target", "seconds_to_target", "epoch_to_target_tta", "seconds_to_target_tta")},
         "train_seconds": sum(r["train_seconds"] for r in rows),
         "data_wait_seconds": sum(r.get("data_wait_seconds", 0.0) for r in rows),
-        "test_seconds": sum(r["test_seconds"] for r in rows),
-        "startup_seconds": (rows[0]["wall_seconds"] - rows[0]["epoch_seconds"]) if rows else None,
+        "test_seconds": sum(r["test_seconds"] + r.get("val_seconds", 0.0) for r in rows),  # all evaluation
+        "startup_seconds": rows[0]["wall_seconds"] - rows[0]["epoch_seconds"],
     }
-    print(f"\ntime to {target:g}%: " + (f"{hit['wall_seconds']:.1f} s (epoch {hit['epoch']})" if hit else "not reached"))
-    print(f"final test accuracy: {out['final_test_acc']:.2f}%  best: {out['best_test_acc']:.2f}%")
+    print()
+    for how, suffix in (("no TTA", ""), ("flip TTA", "_tta")):
+        epoch, seconds = out["epoch_to_target" + suffix], out["seconds_to_target" + suffix]
+        print(f"time to {target:g}% ({how}): " + (f"{seconds:.1f} s (epoch {epoch})" if epoch else "not reached"))
+    print(f"final test accuracy (epoch {res['epochs']}): {pct(out['final_test_acc'])} without TTA, "
+          f"{pct(out['final_test_acc_tta'])} with flip TTA")
     print(f"time: start-up {out['startup_seconds']:.1f} s, training {out['train_seconds']:.1f} s "
           f"(of which waiting for data {out['data_wait_seconds']:.1f} s), evaluation {out['test_seconds']:.1f} s")
     return out
@@ -71,7 +85,7 @@ def measure_throughput(run_dir: Path, batches: int = 60) -> dict:
     import timm
     import torch
 
-    from trainer.augment import normalize
+    from trainer.loop import normalize
     from trainer.config import TrainConfig
     from trainer.loader import resolve_workers
     from trainer.main import build_inputs, make_accelerator, make_optimizer, pick_precision
