@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,14 +21,13 @@ WIDTHS = (32, 64, 96, 128)  # channels of C1..C4, sized to stay under 100k param
 
 
 class S7Net(nn.Module):
-    """C1 -> T1 -> C2 -> T2 -> C3 -> T3 -> C4 -> O. `transitions` names the style, read by the rule checker."""
+    """C1 -> T1 -> C2 -> T2 -> C3 -> T3 -> C4 -> O."""
 
     def __init__(self, c1: nn.Module, t1: nn.Module, c2: nn.Module, t2: nn.Module, c3: nn.Module,
-                 t3: nn.Module, c4: nn.Module, head: nn.Module, transitions: str) -> None:
+                 t3: nn.Module, c4: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.c1, self.t1, self.c2, self.t2, self.c3, self.t3, self.c4 = c1, t1, c2, t2, c3, t3, c4
         self.head = head
-        self.transitions = transitions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.c3(self.t2(self.c2(self.t1(self.c1(x)))))
@@ -45,7 +45,6 @@ def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
         t3=DepthwiseSeparableConv(w3, w4, stride=2),                         # -> 4x4
         c4=ResidualDS(w4),
         head=OutputHead(w4, num_classes),
-        transitions="strided",
     )
 
 
@@ -60,7 +59,6 @@ def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
         t3=DepthwiseSeparableConv(w3, w4, dilation=8, padding=0),            # -> 4x4
         c4=ResidualDS(w4, dilation=2),
         head=OutputHead(w4, num_classes),
-        transitions="dilated",
     )
 
 
@@ -75,16 +73,32 @@ def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] =
         t3=DepthwiseSeparableConv(w3, w4, dilation=2),                       # 8x8 kept, RF grows
         c4=ResidualDS(w4),
         head=OutputHead(w4, num_classes),
-        transitions="mixed",
     )
+
+
+def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0-1 scale) the weights file was trained with, from its own metadata, so
+    timm's pretrained_cfg normalises exactly as training did; CIFAR-10's when the file is absent or silent."""
+    from safetensors import safe_open
+
+    cifar10 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    if not weights.is_file():
+        return cifar10
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("s7", "{}"))
+        return tuple(m / 255 for m in meta["mean"]), tuple(s / 255 for s in meta["std"])
+    except (OSError, KeyError, ValueError):
+        return cifar10
 
 
 def _cfg(name: str) -> dict:
     # timm loads pretrained=True from `file`, a local safetensors in the repository: no network.
-    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=10, input_size=(3, 32, 32),
-                pool_size=None, crop_pct=1.0, interpolation="bilinear",
-                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                first_conv="c1.0.0", classifier="head.classifier", license="mit")
+    file = WEIGHTS_DIR / f"{name}.safetensors"
+    mean, std = trained_statistics(file)
+    return dict(file=str(file), num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0,
+                interpolation="bilinear", mean=mean, std=std, first_conv="c1.0.0", classifier="head.classifier",
+                license="mit")
 
 
 # Must exist before register_model runs: timm reads the module's default_cfgs at registration.

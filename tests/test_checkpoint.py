@@ -16,8 +16,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from test_trainer import (PYTHON, REPO, baseline, copy_run, data, flags, assert_same_metrics,  # noqa: F401
-                          sub_env, train_in_process)
+from runs import PYTHON, REPO, copy_run, flags, assert_same_metrics, sub_env, train_in_process
 from trainer import checkpoint
 from trainer import main as trainer_main
 from trainer.config import TrainConfig
@@ -164,7 +163,7 @@ def test_evaluate_of_weights_that_do_not_fit_is_a_clear_error(baseline, data, tm
 
     from trainer import cli
 
-    state = load_file(str(baseline / "best/model.safetensors"))
+    state = load_file(str(baseline / "model/model.safetensors"))
     key = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
     state[key] = torch.zeros(1, 1, 1, 1)
     save_file(state, str(tmp_path / "bad.safetensors"), metadata={"model": "s7"})

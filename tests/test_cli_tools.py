@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import synthetic
-from test_trainer import PYTHON, REPO, baseline, data, sub_env, weak_run  # noqa: F401  (fixtures)
+from runs import PYTHON, REPO, sub_env
 from trainer import cli
 from trainer.tracking import read_metrics
 
@@ -20,17 +20,17 @@ def evaluate(run, data, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("which", ["weak_run", "baseline"])
-def test_evaluate_prints_the_best_epochs_test_accuracy(which, data, capsys, request):
+def test_evaluate_prints_the_shipped_epochs_test_accuracy_with_and_without_tta(which, data, capsys, request):
     run = request.getfixturevalue(which)
     rc, out = evaluate(run, data, capsys)
     assert rc == 0
-    m = re.search(r"test accuracy (\d+\.\d\d)% \((\d+)/(\d+)\)", out)
+    m = re.search(r"test accuracy (\d+\.\d\d)% \((\d+)/(\d+)\), with flip TTA (\d+\.\d\d)%", out)
     assert m, out
-    best = max(read_metrics(run), key=lambda r: r["test_acc"])
-    assert m.group(1) == f"{best['test_acc']:.2f}"
+    final = read_metrics(run)[-1]
+    assert m.group(1) == f"{final['test_acc']:.2f}" and m.group(4) == f"{final['test_acc_tta']:.2f}"
     preds = np.load(run / "predictions.npz")
     assert int(m.group(2)) == int((preds["preds"] == preds["labels"]).sum())  # the same images right
-    assert int(m.group(3)) == best["test_images"] == 3 * len(list((data.tree / "test" / "square").glob("*.png")))
+    assert int(m.group(3)) == final["test_images"] == 3 * len(list((data.tree / "test" / "square").glob("*.png")))
     # the per-class table is printed too, one row per class
     for c in sorted(synthetic.CLASSES):
         assert f"| {c} |" in out

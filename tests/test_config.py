@@ -1,9 +1,13 @@
-"""Bad config values stop with one line naming the flag; every flag explains itself in --help."""
+"""Bad config values stop with one line naming the flag; every flag explains itself in --help; old saved
+configs still load; a resumed run keeps its config and refuses flags that would change it."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from trainer.config import TrainConfig, build_parser, resolve
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -13,11 +17,57 @@ from trainer.config import TrainConfig, build_parser, resolve
     (["--flip-p", "2"], "--flip-p must be between 0 and 1"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--div-factor", "0"], "--div-factor must be positive"),
+    (["--final-div-factor", "-2"], "--final-div-factor must be positive"),
+    (["--log-misclassified", "-1"], "--log-misclassified must be 0 or more"),
+    (["--val-split", "-5"], "--val-split must be 0 or more"),
+    (["--workers", "-3"], "--workers must be -1"),
+    (["--momentum", "1.5"], "--momentum must be between 0 and 1"),
+    (["--target-acc", "120"], "--target-acc must be a percentage"),
+    (["--tta-flip", "true"], "unrecognized arguments: --tta-flip"),
+    (["--channels-last", "ture"], "argument --channels-last: expected true/false"),
+    (["--cycle-momentum", "maybe"], "argument --cycle-momentum: expected true/false"),
+    (["--allow-rule-violations", "2"], "argument --allow-rule-violations: expected true/false"),
+    (["--epochs", "x"], "argument --epochs: invalid int value"),
 ])
 def test_bad_value_is_a_one_line_error_naming_the_flag(argv, message):
     with pytest.raises(SystemExit) as e:
         resolve(argv)
     assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), ("1", True), ("false", False),
+                                         ("NO", False), ("0", False)])
+def test_boolean_flags_accept_only_the_six_spellings(text, value):
+    assert resolve(["--channels-last", text]).channels_last is value
+
+
+def test_a_recipe_with_a_misspelt_boolean_is_refused_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: s7\nchannels_last: ture\n")
+    with pytest.raises(SystemExit, match=r"--channels-last must be true or false, not 'ture'"):
+        resolve(["--config", str(bad)])
+
+
+def test_a_recipe_float_written_without_a_dot_is_read_as_the_number(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: s7\nlr: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string
+    assert resolve(["--config", str(recipe)]).lr == 0.001
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("results/*/config.yaml")), ids=lambda p: p.parent.name)
+def test_every_committed_run_config_loads(path):
+    cfg = TrainConfig.load(path)
+    assert cfg.model in ("s7", "s7_strided", "s7_dilated")
+
+
+def test_a_retired_key_is_dropped_when_harmless_and_refused_when_it_cannot_be_honoured(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model: s7\ncompile: false\ntta_flip: true\nepochs: 3\n")
+    assert TrainConfig.load(old).epochs == 3
+    old.write_text("model: s7\ncompile: true\n")
+    with pytest.raises(SystemExit, match="compile: .*torch.compile is not supported"):
+        TrainConfig.load(old)
 
 
 def test_every_field_has_help_text():
@@ -27,15 +77,33 @@ def test_every_field_has_help_text():
     assert "OneCycle peak learning rate" in text and "--label-smoothing" in text
 
 
-def test_resume_keeps_the_saved_config_except_harmless_flags_given(tmp_path):
-    from trainer.main import resumed_config
-
+def _saved_run(tmp_path: Path) -> Path:
     run = tmp_path / "run1"
     run.mkdir()
     TrainConfig(model="s7_dilated", epochs=3, lr=0.05, workers=0, wandb_mode="disabled").save(run / "config.yaml")
-    argv = ["--resume", str(run), "--workers", "2", "--lr", "9"]
-    given = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    cfg = resumed_config(resolve(argv), given)
-    assert (cfg.model, cfg.epochs, cfg.lr) == ("s7_dilated", 3, 0.05)   # the run's own recipe, not the flags
+    return run
+
+
+def test_resume_keeps_the_saved_config_and_takes_harmless_flags(tmp_path):
+    run = _saved_run(tmp_path)
+    cfg = resolve(["--resume", str(run), "--workers", "2", "--epochs", "3"])  # --epochs equal to the saved value
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("s7_dilated", 3, 0.05)   # the run's own recipe
     assert cfg.workers == 2 and cfg.wandb_mode == "disabled"             # given harmless flag wins; others saved
     assert (cfg.name, cfg.out, cfg.resume) == ("run1", str(tmp_path), str(run))
+
+
+def test_resume_refuses_a_flag_that_would_change_the_run_naming_it(tmp_path):
+    run = _saved_run(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        resolve(["--resume", str(run), "--epochs", "40", "--lr", "0.05", "--workers", "1"])
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg
+    assert "--epochs 40 (saved: 3)" in msg and "--lr" not in msg  # equal to the saved value: accepted
+    with pytest.raises(SystemExit, match="--config cannot be given with --resume"):
+        resolve(["--resume", str(run), "--config", "configs/s7.yaml"])
+
+
+def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
+    text = " ".join(build_parser().format_help().split())
+    assert "held fixed unless --cycle-momentum is true" in text
+    assert "--cycle-momentum" in text and "--base-momentum" in text and "--max-momentum" in text

@@ -1,4 +1,5 @@
-"""Checkpoints: Accelerate's save_state per epoch, a JSON state beside it, atomic `latest` pointer, `best/`.
+"""Checkpoints: Accelerate's save_state per epoch, a JSON state beside it, atomic `latest` pointer, and the
+shipped weights in `model/` (the final epoch's, or the best validation epoch's with a validation split).
 
 Safety: model weights are safetensors; everything else Accelerate loads with `weights_only=True`
 (numpy's RNG arrays allow-listed), so a planted pickle is refused, never executed. Our own state
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "state.json"
 POINTER = "latest"
+WEIGHTS_DIR = "model"  # RUN/model/model.safetensors + meta.json: the weights a run ships
 
 
 class CheckpointError(ValueError):
@@ -44,7 +46,8 @@ def _numpy_safe_globals() -> list:
 
 def save_checkpoint(accelerator, ckpt_root: Path, epoch: int, state: dict[str, Any],
                     ema: torch.nn.Module | None = None) -> Path:
-    """Save everything after `epoch` completed epochs into ckpt_root/epoch-NNNN and point `latest` at it."""
+    """Save everything after `epoch` completed epochs into ckpt_root/epoch-NNNN and point `latest` at it.
+    `ema` is timm's ModelEmaV3: its inner module's weights go to ema.safetensors."""
     target = ckpt_root / f"epoch-{epoch:04d}"
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -54,8 +57,9 @@ def save_checkpoint(accelerator, ckpt_root: Path, epoch: int, state: dict[str, A
     accelerator.save_state(str(target), safe_serialization=True)
     if accelerator.is_main_process:
         if ema is not None:
-            save_file(_plain_state(ema), str(target / "ema.safetensors"))
-        write_atomic(target / STATE_FILE, json.dumps({**state, "epoch": epoch}, indent=1))
+            save_file(_plain_state(ema.module), str(target / "ema.safetensors"))
+        state = {**state, "epoch": epoch, "num_processes": accelerator.num_processes}
+        write_atomic(target / STATE_FILE, json.dumps(state, indent=1))
         write_atomic(ckpt_root / POINTER, target.name)
         for old in ckpt_root.glob("epoch-*"):
             if old != target:
@@ -87,11 +91,16 @@ def load_checkpoint(accelerator, ckpt_dir: Path, model_name: str,
                     ema: torch.nn.Module | None = None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, scaler and RNG states; return our JSON state.
 
-    Refuses another model's checkpoint and any file that needs arbitrary unpickling.
+    Refuses another model's checkpoint, another number of processes (the OneCycle schedule and the RNG
+    files are per shard) and any file that needs arbitrary unpickling.
     """
     state = read_state(ckpt_dir)
     if state.get("model") != model_name:
         raise CheckpointError(f"{ckpt_dir}: checkpoint is for model {state.get('model')!r}, not {model_name!r}")
+    saved_world = state.get("num_processes") or len(list(Path(ckpt_dir).glob("random_states_*.pkl")))
+    if saved_world != accelerator.num_processes:
+        raise CheckpointError(f"{ckpt_dir}: the run was trained with {saved_world} process(es); resume it with "
+                              f"{saved_world}, not {accelerator.num_processes}")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             accelerator.load_state(str(ckpt_dir))
@@ -104,18 +113,23 @@ def load_checkpoint(accelerator, ckpt_dir: Path, model_name: str,
     # Accelerate restores RNG states inside a try/except that only logs at INFO level: verify it did.
     if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]) or random.getstate() != rng["random_state"]:
         raise CheckpointError(f"{ckpt_dir}: random number generator states were not restored")
-    if ema is not None and (Path(ckpt_dir) / "ema.safetensors").is_file():
-        ema.load_state_dict(load_file(str(Path(ckpt_dir) / "ema.safetensors")))
+    if ema is not None:
+        path = Path(ckpt_dir) / "ema.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{ckpt_dir}: the run averages its weights (--ema-decay), but ema.safetensors "
+                                  "is missing")
+        ema.module.load_state_dict(load_file(str(path)))
     return state
 
 
-def save_best(model: torch.nn.Module, best_dir: Path, meta: dict[str, Any]) -> None:
-    """Best weights as safetensors (+ meta.json), each written to a temp name and moved into place."""
-    best_dir.mkdir(parents=True, exist_ok=True)
-    tmp = best_dir / "model.safetensors.tmp"
+def save_weights(model: torch.nn.Module, folder: Path, meta: dict[str, Any]) -> None:
+    """Plain-keyed weights as safetensors (+ meta.json), each written to a temp name and moved into place:
+    `timm.create_model(name, pretrained=True)`, `s7 evaluate` and `s7 predict` load them as they are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "model.safetensors.tmp"
     save_file(_plain_state(model), str(tmp), metadata={"model": str(meta.get("model", "")), "s7": json.dumps(meta)})
-    os.replace(tmp, best_dir / "model.safetensors")
-    write_atomic(best_dir / "meta.json", json.dumps(meta, indent=1))
+    os.replace(tmp, folder / "model.safetensors")
+    write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -34,14 +34,22 @@ class TrainConfig:
     batch_size: int = _opt(256, "images per batch, per process")
     optimizer: str = _opt("sgd", "sgd (Nesterov) or adamw")
     lr: float = _opt(0.2, "OneCycle peak learning rate")
-    momentum: float = _opt(0.9, "SGD momentum")
+    momentum: float = _opt(0.9, "SGD momentum (AdamW: beta1); held fixed unless --cycle-momentum is true")
+    cycle_momentum: bool = _opt(False, "true: OneCycle moves momentum (AdamW: beta1) from --max-momentum down to "
+                                       "--base-momentum at the peak lr and back, ignoring --momentum")
+    base_momentum: float = _opt(0.85, "lowest momentum of the cycle, at the peak lr (only with --cycle-momentum)")
+    max_momentum: float = _opt(0.95, "highest momentum of the cycle, at start and end (only with --cycle-momentum)")
     weight_decay: float = _opt(5e-4, "on conv weights only, never on BatchNorm or biases")
-    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing")
+    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing (training loss only)")
     pct_start: float = _opt(0.25, "fraction of the steps spent warming up to the peak")
     div_factor: float = _opt(10.0, "starting lr = peak / div_factor")
     final_div_factor: float = _opt(100.0, "final lr = starting lr / final_div_factor")
-    ema_decay: float = _opt(0.0, ">0: evaluate an exponential moving average of the weights")
-    tta_flip: bool = _opt(False, "test on the mean logits of each image and its mirror")
+    ema_decay: float = _opt(0.0, ">0: keep an exponential moving average of the weights (timm's ModelEmaV3); "
+                                 "validation, selection and the shipped weights then use the average")
+    ema_warmup: bool = _opt(True, "ramp the EMA decay up from 0 over the first steps (ModelEmaV3 warm-up), so the "
+                                  "average does not remember the random init")
+    val_split: int = _opt(0, ">0: hold N training images out (stratified, fixed seed) as a validation split that "
+                             "picks the shipped epoch; 0 = ship the final epoch. The test split is only reported")
     # augmentation (probabilities and ranges; see trainer/augment.py)
     flip_p: float = _opt(0.5, "probability of a horizontal flip")
     ssr_p: float = _opt(0.5, "probability of shift-scale-rotate")
@@ -52,7 +60,8 @@ class TrainConfig:
     gray_p: float = _opt(0.05, "probability of grayscale (three equal channels)")
     # machinery
     seed: int = _opt(0, "seeds init, shuffle order and augmentation streams")
-    workers: int = _opt(-1, "loader worker processes per process; -1 = CPU cores - 1")
+    workers: int = _opt(-1, "loader worker processes per process; -1 = the usable CPU cores shared among this "
+                            "machine's processes, one core each kept for training")
     mixed_precision: str = _opt("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16 or bf16")
     channels_last: bool = _opt(True, "NHWC memory layout (faster convs on GPUs)")
     out: str = _opt("runs", "folder that holds run folders")
@@ -60,25 +69,39 @@ class TrainConfig:
     resume: str | None = _opt(None, "run folder to continue from its last completed epoch")
     wandb_mode: str = _opt("auto", "auto (online with an API key, else offline), online, offline or disabled")
     wandb_project: str = _opt("s7-cifar10", "W&B project")
-    target_acc: float = _opt(87.0, "test accuracy whose first epoch and wall time are reported")
+    target_acc: float = _opt(87.0, "test accuracy (%%) whose first epoch and wall time are reported")
     log_misclassified: int = _opt(25, "misclassified test images kept for the report and W&B")
+    allow_rule_violations: bool = _opt(False, "train a net that breaks a rule of `s7 check` (its report then says "
+                                              "FAIL in its first line); without it such a net is refused")
 
     def check(self) -> "TrainConfig":
         """Refuse values that cannot work, with a one-line message naming the flag."""
+        for f in fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), str(f.type)))
         choices = {"optimizer": ("sgd", "adamw"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
                    "wandb_mode": ("auto", "online", "offline", "disabled")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                 f"not {getattr(self, name)!r}")
+                _fail(name, f"must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        for name in ("flip_p", "ssr_p", "dropout_p", "gray_p", "pct_start", "label_smoothing", "ema_decay"):
+                _fail(name, f"must be at least 1, not {getattr(self, name)}")
+        for name in ("train_subset", "test_subset", "val_split", "log_misclassified"):
+            if getattr(self, name) < 0:
+                _fail(name, f"must be 0 or more, not {getattr(self, name)}")
+        if self.workers < -1:
+            _fail("workers", f"must be -1 (automatic) or 0 or more, not {self.workers}")
+        for name in ("flip_p", "ssr_p", "dropout_p", "gray_p", "pct_start", "label_smoothing", "ema_decay",
+                     "momentum", "base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise SystemExit(f"error: --{name.replace('_', '-')} must be between 0 and 1, not {getattr(self, name)}")
-        if self.lr <= 0:
-            raise SystemExit(f"error: --lr must be positive, not {self.lr}")
+                _fail(name, f"must be between 0 and 1, not {getattr(self, name)}")
+        for name in ("lr", "div_factor", "final_div_factor"):
+            if not getattr(self, name) > 0:
+                _fail(name, f"must be positive, not {getattr(self, name)}")
+        if not 0.0 <= self.target_acc <= 100.0:
+            _fail("target_acc", f"must be a percentage between 0 and 100, not {self.target_acc}")
+        if self.cycle_momentum and self.base_momentum > self.max_momentum:
+            _fail("base_momentum", f"({self.base_momentum}) must not exceed --max-momentum ({self.max_momentum})")
         return self
 
     def augment_kwargs(self) -> dict[str, float]:
@@ -98,20 +121,84 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        return cls(**_checked(yaml.safe_load(Path(path).read_text()) or {}, str(path)))
+        """A saved config.yaml or a recipe; keys of older versions are migrated (see RETIRED_KEYS)."""
+        return cls(**_checked(_read_yaml(Path(path)), str(path))).check()
+
+
+# Keys older versions wrote into config.yaml. Each maps a value to None (dropped: today's behaviour is the same)
+# or to the reason it cannot be honoured.
+RETIRED_KEYS: dict[str, Any] = {
+    # torch.compile was never wired into the loop; `compile: false` is what every run did.
+    "compile": lambda v: None if v is False else "torch.compile is not supported by this version; set it to false",
+    # test accuracy is now always measured both with and without flip TTA, so the switch has nothing left to do.
+    "tta_flip": lambda v: None,
+}
+
+# Given with --resume, these may differ from the saved run: they change nothing the run computes.
+RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data_dir")
+
+
+def _fail(name: str, message: str) -> None:
+    raise SystemExit(f"error: --{name.replace('_', '-')} {message}")
+
+
+def _check_type(name: str, value: Any, type_name: str) -> Any:
+    """The value, if it has the field's type. YAML can carry any type: a recipe's `channels_last: ture` must not
+    pass as a string; `lr: 1e-3` (a string to YAML 1.1) is read as the number it means."""
+    if value is None and "None" in type_name:
+        return value
+    if "float" in type_name and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str)}
+    kind = next(k for k in ("bool", "int", "float", "str") if k in type_name)
+    if not ok[kind]:
+        _fail(name, f"must be {'true or false' if kind == 'bool' else 'a ' + kind}, not {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: {path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
 
 
 def _checked(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Known keys only; retired keys are dropped when harmless and refused, with the reason, when not."""
+    values = dict(values)
+    for key in sorted(set(values) & set(RETIRED_KEYS)):
+        reason = RETIRED_KEYS[key](values.pop(key))
+        if reason:
+            raise SystemExit(f"error: {origin}: {key}: {values.get(key, '')}{reason}")
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise SystemExit(f"error: {origin}: unknown config key(s) {', '.join(unknown)}")
     return values
 
 
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, 1/0 (any case); anything else is an error, never a silent False."""
+    try:
+        return BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected true/false, yes/no or 1/0, not {text!r}") from None
+
+
 def _flag_type(f: dataclasses.Field) -> Any:
     t = str(f.type)
     if "bool" in t:
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
+        return parse_bool
     if "int" in t:
         return int
     if "float" in t:
@@ -119,13 +206,21 @@ def _flag_type(f: dataclasses.Field) -> Any:
     return str
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SystemExit(f"error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags for every config field (`--batch-size` for batch_size), plus --config."""
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="trainer/main.py",
         description="Train an s7 network on CIFAR-10 with Hugging Face Accelerate. "
         "Values come from the dataclass defaults, then the model's recipe configs/<model>.yaml "
-        "(or --config FILE), then these flags.",
+        "(or --config FILE), then these flags. With --resume, the run's saved config.yaml is used and only "
+        f"{', '.join('--' + n.replace('_', '-') for n in RESUME_OVERRIDABLE)} may differ from it.",
     )
     p.add_argument("--config", help="YAML recipe (default: configs/<model>.yaml when it exists)")
     for f in fields(TrainConfig):
@@ -137,16 +232,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults < recipe YAML < flags."""
+    """Defaults < recipe YAML < flags; with --resume, the run's saved config (see `resumed`)."""
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    if "resume" in flags:
+        if args.config:
+            raise SystemExit("error: --config cannot be given with --resume: the run keeps its saved config.yaml")
+        return resumed(flags)
     model = flags.get("model", TrainConfig.model)
     recipe_path = Path(args.config) if args.config else CONFIG_DIR / f"{model}.yaml"
     values: dict[str, Any] = {}
     if args.config and not recipe_path.is_file():
         raise SystemExit(f"error: config file not found: {recipe_path}")
     if recipe_path.is_file():
-        values = _checked(yaml.safe_load(recipe_path.read_text()) or {}, str(recipe_path))
+        values = _checked(_read_yaml(recipe_path), str(recipe_path))
         values.setdefault("recipe", recipe_path.stem)
     values.update(flags)
     return TrainConfig(**values).check()
+
+
+def resumed(flags: dict[str, Any]) -> TrainConfig:
+    """The saved config of the run named by flags["resume"]. Other flags given must equal the saved values,
+    except RESUME_OVERRIDABLE ones, which replace them; a differing flag is refused, never dropped silently."""
+    run = Path(flags["resume"])
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: --resume {run}: not a run folder (no config.yaml)")
+    saved = TrainConfig.load(path)
+    changed = [k for k, v in flags.items()
+               if k not in RESUME_OVERRIDABLE and k not in ("resume", "name", "out") and getattr(saved, k) != v]
+    if changed:
+        given = ", ".join(f"--{k.replace('_', '-')} {flags[k]} (saved: {getattr(saved, k)})" for k in changed)
+        raise SystemExit(f"error: --resume keeps the run's saved config; refused: {given}. "
+                         f"Only {', '.join('--' + n.replace('_', '-') for n in RESUME_OVERRIDABLE)} may change")
+    for name in set(RESUME_OVERRIDABLE) & set(flags):
+        setattr(saved, name, flags[name])
+    return dataclasses.replace(saved, resume=str(run), name=run.name, out=str(run.parent)).check()

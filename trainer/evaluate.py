@@ -8,10 +8,9 @@ import timm
 import torch
 
 import models  # noqa: F401  (registers the s7 nets)
-from trainer.augment import normalize
-from trainer.checkpoint import CheckpointError, load_weights
+from trainer.checkpoint import WEIGHTS_DIR, CheckpointError, load_weights
 from trainer.dataset import load_data
-from trainer.loop import tta_logits
+from trainer.loop import normalize
 from trainer.report import per_class_markdown
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -20,11 +19,13 @@ CIFAR10_STD = [62.993, 62.089, 66.705]
 
 
 def _weights_file(path: Path) -> Path:
-    """A run folder, its best/ folder, a checkpoint folder, or a .safetensors file."""
-    for candidate in (path, path / "best" / "model.safetensors", path / "model.safetensors"):
+    """A run folder (its model/, or best/ in runs made before model selection moved off the test split), a
+    weights folder, or a .safetensors file."""
+    for candidate in (path, path / WEIGHTS_DIR / "model.safetensors", path / "best" / "model.safetensors",
+                      path / "model.safetensors"):
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"{path}: no weights found (expected a .safetensors file, a run folder or best/)")
+    raise CheckpointError(f"{path}: no weights found (expected a .safetensors file, a run folder or {WEIGHTS_DIR}/)")
 
 
 def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -48,29 +49,35 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
 
 
 @torch.no_grad()
-def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 500,
-                    tta_flip: bool = True) -> np.ndarray:
-    """Softmax probabilities for uint8 NHWC images."""
-    out = []
+def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std,
+                    batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of uint8 NHWC images, without and with flip TTA (one pass over each image and
+    one over its mirror serve both). Channels-last: on the CPU these convs run about 1.6x faster in it."""
+    plain, tta = [], []
+    model = model.to(memory_format=torch.channels_last)
     for i in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).contiguous(), mean, std)
-        out.append(tta_logits(model, x, tta_flip).softmax(1).numpy())
-    return np.concatenate(out)
+        x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2), mean, std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        logits, mirrored = model(x), model(x.flip(3))
+        plain.append(logits.softmax(1).numpy())
+        tta.append(((logits + mirrored) / 2).softmax(1).numpy())
+    return np.concatenate(plain), np.concatenate(tta)
 
 
 def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
-    """`s7 evaluate`: test accuracy and per-class accuracy of saved weights."""
+    """`s7 evaluate`: test accuracy without and with flip TTA, and per-class accuracy, of saved weights."""
     model, meta = load_classifier(path, model_name)
     d = load_data(data, data_dir)
     if list(d.classes) != list(meta["classes"]):
         raise CheckpointError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
-    tta = bool(meta.get("tta_flip", True))
-    probs = predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size, tta_flip=tta)
-    preds = probs.argmax(1)
-    acc = 100.0 * float((preds == d.test_y).mean())
-    print(f"{meta['model']} on {d.source}: test accuracy {acc:.2f}% "
-          f"({int((preds == d.test_y).sum())}/{len(preds)}{', flip TTA' if tta else ''})")
-    print(per_class_markdown(preds, d.test_y, list(d.classes)))
+    counted = {}
+    for tta, probs in zip((False, True), predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size)):
+        preds = probs.argmax(1)
+        counted[tta] = (preds, int((preds == d.test_y).sum()))
+    n = len(d.test_y)
+    print(f"{meta['model']} on {d.source}: test accuracy {100.0 * counted[False][1] / n:.2f}% "
+          f"({counted[False][1]}/{n}), with flip TTA {100.0 * counted[True][1] / n:.2f}% ({counted[True][1]}/{n})")
+    print(per_class_markdown(counted[False][0], d.test_y, list(d.classes)))
     return 0
 
 
@@ -90,10 +97,10 @@ def _read_image(path: str) -> np.ndarray:
 
 
 def predict_command(path: str, images: list[str], model_name: str | None) -> int:
-    """`s7 predict`: class and probability per image."""
+    """`s7 predict`: class and probability per image (mean of the image's and its mirror's logits)."""
     model, meta = load_classifier(path, model_name)
     batch = np.stack([_read_image(p) for p in images])
-    probs = predict_batches(model, batch, meta["mean"], meta["std"])
+    probs = predict_batches(model, batch, meta["mean"], meta["std"])[1]
     for p, row in zip(images, probs):
         k = int(row.argmax())
         print(f"{p}: {meta['classes'][k]} ({row[k]:.3f})")

@@ -1,14 +1,14 @@
-"""One training epoch and one evaluation pass, both distributed through Accelerate."""
+"""One training epoch and one evaluation pass, both distributed through Accelerate, and `normalize`, the
+device-side half of the input pipeline (the workers hand over uint8 images)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm import tqdm
-
-from trainer.augment import normalize
 
 
 class NonFiniteLoss(RuntimeError):
@@ -17,23 +17,35 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class EpochResult:
-    loss: float
-    accuracy: float  # percent
+    loss: float  # the training objective (label-smoothed) on augmented batches
+    accuracy: float  # percent, on augmented batches while the weights change
     images: int
     seconds: float
-    data_seconds: float = 0.0  # time spent waiting for the loader (train only)
-    lr: float = float("nan")  # learning rate of the epoch's last optimizer step (train only)
+    data_seconds: float = 0.0  # time spent waiting for the loader
+    lr: float = float("nan")  # learning rate of the epoch's last optimizer step
+    momentum: float = float("nan")  # SGD momentum (AdamW beta1) of that step
 
 
 @dataclass
 class EvalResult:
-    loss: float
+    """Plain and flip-TTA figures of one pass; tensors hold every image once, in dataset order."""
+
+    loss: float  # plain cross-entropy, no label smoothing
     accuracy: float  # percent
+    loss_tta: float
+    accuracy_tta: float
     images: int
     seconds: float
-    predictions: torch.Tensor  # every test image exactly once, in dataset order (main process)
+    predictions: torch.Tensor  # plain (no TTA) arg-max
     labels: torch.Tensor
-    probabilities: torch.Tensor
+    probabilities: torch.Tensor  # plain soft-max probability of the prediction
+
+
+def normalize(batch: torch.Tensor, mean_pixels: Sequence[float], std_pixels: Sequence[float]) -> torch.Tensor:
+    """uint8 NCHW batch (any device) -> float32 (x - mean) / std, mean and std in pixel units."""
+    mean = torch.as_tensor(mean_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    return (batch.float() - mean) / std
 
 
 def _prepare_batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
@@ -41,17 +53,28 @@ def _prepare_batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Ten
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def current_momentum(optimizer: torch.optim.Optimizer) -> float:
+    """SGD's momentum or Adam's beta1 of the first parameter group."""
+    group = optimizer.param_groups[0]
+    return float(group["momentum"]) if "momentum" in group else float(group["betas"][0])
+
+
 def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler, criterion, mean, std, *,
-                    epoch: int, channels_last: bool = True, ema=None, progress: bool = False,
+                    epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0, progress: bool = False,
                     nan_check_every: int = 50) -> EpochResult:
-    """Train over the sharded loader; loss/accuracy are summed over all processes' augmented batches."""
+    """Train over the sharded loader; loss/accuracy are summed over all processes' augmented batches.
+
+    The scheduler steps only when the optimizer did (Accelerate's guidance: an fp16 step the grad scaler
+    skipped must not move the learning rate). `ema` (timm's ModelEmaV3) is updated after every step;
+    `ema_step` counts the optimizer steps before this epoch, for its warm-up.
+    """
     model.train()
     start = time.perf_counter()
     totals = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, correct, count
     first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)
     step_t = torch.zeros((), device=accelerator.device, dtype=torch.long)  # the step, counted on the device
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
-    lr = optimizer.param_groups[0]["lr"]
+    lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
     data_seconds, fetch_start = 0.0, time.perf_counter()
     for step, (x, y) in enumerate(bar):
         data_seconds += time.perf_counter() - fetch_start
@@ -60,12 +83,14 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
             logits = model(x)
             loss = criterion(logits, y)
         accelerator.backward(loss)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (scheduler.step() moves past it)
+        # the values this step uses (scheduler.step() moves past them)
+        lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
         optimizer.step()
-        scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.update_parameters(accelerator.unwrap_model(model))
+            ema.update(accelerator.unwrap_model(model), step=ema_step + step + 1)
         detached = loss.detach().float()
         # Track the first bad step on the device: no host sync and no host-to-device copy per step.
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step_t, first_bad)
@@ -82,34 +107,32 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
     totals = accelerator.reduce(totals, "sum")
     loss_sum, correct, count = totals.tolist()
     return EpochResult(loss_sum / max(count, 1), 100.0 * correct / max(count, 1), int(count),
-                       time.perf_counter() - start, data_seconds, lr)
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
-    """Logits of a normalised batch; with flip TTA, the mean of the image's and its mirror's."""
-    logits = model(x)
-    return (logits + model(x.flip(3))) / 2 if tta_flip else logits
+                       time.perf_counter() - start, data_seconds, lr, momentum)
 
 
 @torch.no_grad()
 def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last: bool = True,
-             tta_flip: bool = False, progress: bool = False) -> EvalResult:
-    """Plain cross-entropy and accuracy on the whole test split; `gather_for_metrics` counts each image once."""
+             progress: bool = False, desc: str = "test") -> EvalResult:
+    """Plain cross-entropy and accuracy of a whole split, without and with flip TTA (the image's and its
+    mirror's mean logits); `gather_for_metrics` counts each image once."""
     model.eval()
     start = time.perf_counter()
-    preds, labels, probs, losses = [], [], [], []
-    for x, y in tqdm(loader, desc="test", leave=False, disable=not progress, dynamic_ncols=True):
+    plain, mirrored, labels = [], [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         x = _prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
-            logits = tta_logits(model, x, tta_flip).float()
-        loss = nn.functional.cross_entropy(logits, y, reduction="none")
-        logits, y, loss = accelerator.gather_for_metrics((logits, y, loss))
-        p = logits.softmax(1)
-        preds.append(p.argmax(1).cpu())
-        probs.append(p.max(1).values.cpu())
+            logits, flipped = model(x).float(), model(x.flip(3)).float()
+        logits, flipped, y = accelerator.gather_for_metrics((logits, flipped, y))
+        plain.append(logits.cpu())
+        mirrored.append(flipped.cpu())
         labels.append(y.cpu())
-        losses.append(loss.cpu())
-    pred, lab, prob, loss = (torch.cat(t) for t in (preds, labels, probs, losses))
-    correct = (pred == lab).sum().item()
-    return EvalResult(loss.mean().item(), 100.0 * correct / len(lab), len(lab), time.perf_counter() - start,
-                      pred, lab, prob)
+    logits, lab = torch.cat(plain), torch.cat(labels)
+    tta = (logits + torch.cat(mirrored)) / 2
+    p = logits.softmax(1)
+    pred = p.argmax(1)
+    return EvalResult(
+        loss=nn.functional.cross_entropy(logits, lab).item(), accuracy=100.0 * (pred == lab).double().mean().item(),
+        loss_tta=nn.functional.cross_entropy(tta, lab).item(),
+        accuracy_tta=100.0 * (tta.argmax(1) == lab).double().mean().item(),
+        images=len(lab), seconds=time.perf_counter() - start, predictions=pred, labels=lab,
+        probabilities=p.max(1).values)

@@ -1,44 +1,42 @@
 """Training entry: `accelerate launch trainer/main.py --model s7_dilated` (one or more GPUs, or the CPU),
 or plain `python trainer/main.py ...` in one process. Flags: `--help`.
 
-Flow: config -> Accelerator -> dataset -> augment -> loaders -> model -> epochs (train, test, log,
-checkpoint) -> report.
+Flow: config -> Accelerator -> data (dataset, validation split, statistics, augmentation, loaders) -> model and
+its rule check -> optimizer, OneCycle, EMA -> epochs (train, validate, test, log, checkpoint) -> report.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
+import signal
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-PROCESS_START = time.time()  # wall time to the target accuracy counts from here
+import numpy as np
+import psutil
+import timm
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, set_seed
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
 
-import os  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import dataclasses  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import models
+from models.receptive_field import format_rf_table, receptive_field, rf_table
+from models.rules import check_model, format_rules, required_transitions, summary_text
+from trainer import checkpoint, report, tracking
+from trainer.augment import build_train_transform, describe_pipeline
+from trainer.config import TrainConfig, resolve
+from trainer.dataset import CifarData, DataError, channel_stats, load_data, split_validation, subset
+from trainer.loader import AugmentedDataset, make_loader
+from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
 
-if __package__ in (None, ""):  # `python trainer/main.py` / `accelerate launch trainer/main.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from accelerate import Accelerator, DataLoaderConfiguration  # noqa: E402
-from accelerate.utils import broadcast_object_list, set_seed  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-import models  # noqa: E402,F401  (registers the s7 nets with timm)
-from models.receptive_field import format_rf_table, receptive_field, rf_table  # noqa: E402
-from models.rules import summary_text  # noqa: E402
-from trainer import checkpoint, report, tracking  # noqa: E402
-from trainer.augment import build_train_transform, describe_pipeline  # noqa: E402
-from trainer.config import TrainConfig, build_parser, resolve  # noqa: E402
-from trainer.dataset import CifarData, DataError, channel_stats, load_data  # noqa: E402
-from trainer.loader import AugmentedDataset, make_loader  # noqa: E402
-from trainer.loop import NonFiniteLoss, train_one_epoch, validate  # noqa: E402
-
-RESUME_OVERRIDABLE = ("resume", "workers", "wandb_mode")  # harmless to change mid-run
+class RunError(ValueError):
+    """A run that cannot start as asked (unknown model, broken rule, schedule too short, folder taken)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,6 +45,11 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupt(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
+
+
+def process_start() -> float:
+    """Wall-clock time this process started (the OS's record): time to accuracy counts from here."""
+    return psutil.Process().create_time()
 
 
 def pick_precision(requested: str) -> str:
@@ -61,11 +64,10 @@ def pick_precision(requested: str) -> str:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
     without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps."""
-    use_wandb = cfg.wandb_mode != "disabled"
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=pick_precision(cfg.mixed_precision),
-        log_with="wandb" if use_wandb else None,
+        log_with="wandb" if cfg.wandb_mode != "disabled" else None,
         step_scheduler_with_optimizer=False,  # we step OneCycle once per batch ourselves, sized to the shard
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, even_batches=True),
     )
@@ -76,12 +78,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random subset (class folders are sorted, so a prefix would be one class)."""
-    if n <= 0 or n >= len(y):
-        return x, y
-    idx = np.sort(np.random.default_rng(12345).permutation(len(y))[:n])
-    return x[idx], y[idx]
+def check_model_name(name: str) -> None:
+    """Fail before any data work when timm does not know the net."""
+    if not timm.is_model(name):
+        raise RunError(f"--model {name}: not a registered net; the s7 nets are {', '.join(models.MODEL_NAMES)} "
+                       "(any timm model name also works, with --allow-rule-violations)")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -93,37 +94,52 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Nesterov SGD or AdamW; --momentum is SGD's momentum or AdamW's beta1."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise SystemExit(f"error: --optimizer must be sgd or adamw, not {cfg.optimizer!r}")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int):
+    """OneCycle over every step of the run; momentum cycles only when the config says so.
+    A run too short for the schedule's phases stops here with a one-line reason."""
+    if steps_per_epoch < 1:
+        raise RunError(f"--batch-size {cfg.batch_size} is larger than the {train_images} training images per "
+                       "process: not one full batch to train on; use a smaller --batch-size")
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.pct_start * total
+    if warm <= 1 or total - warm < 1:
+        raise RunError(f"{total} optimizer steps ({cfg.epochs} epochs x {steps_per_epoch}) are too few for OneCycle "
+                       f"with --pct-start {cfg.pct_start} ({warm:g} warm-up steps; it needs more than 1 and at least "
+                       "one step after); use more --epochs, a smaller --batch-size or another --pct-start")
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
+        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
 
 
 def run_name(cfg: TrainConfig) -> str:
     return cfg.name or f"{cfg.model}-{cfg.recipe or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resumed_config(flags: TrainConfig, given: set[str]) -> TrainConfig:
-    """The saved config of the run being resumed (--resume); of the flags `given` on the command line, only
-    harmless ones (RESUME_OVERRIDABLE) replace saved values."""
-    path = Path(flags.resume) / "config.yaml"
-    if not path.is_file():
-        raise SystemExit(f"error: --resume {flags.resume}: not a run folder (no config.yaml)")
-    saved = TrainConfig.load(path)
-    for name in set(RESUME_OVERRIDABLE) & given:
-        setattr(saved, name, getattr(flags, name))
-    saved.resume = flags.resume
-    saved.name = Path(flags.resume).name
-    saved.out = str(Path(flags.resume).parent)
-    return saved
+def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
+    """The run folder, named on the main process. A folder that exists is someone's run: refused unless
+    --resume names it, so a reused --name never appends to or deletes another run's files."""
+    decided = [run_name(cfg), None]
+    if accelerator.is_main_process and not cfg.resume:
+        path = Path(cfg.out) / decided[0]
+        if path.exists():
+            decided[1] = (f"{path} already exists; pick another --name, or continue that run with "
+                          f"--resume {path}")
+    broadcast_object_list(decided)  # every rank writes to, or refuses, the same folder
+    if decided[1]:
+        raise RunError(decided[1])
+    return Path(cfg.out) / decided[0]
 
 
-def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_test: int, num_classes: int) -> float:
-    """Seconds per epoch (training + test pass) on this CPU, from timed passes on a copy of the model."""
-    import copy
-
+def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_eval: int, num_classes: int) -> float:
+    """Seconds per epoch (training + evaluation passes) on this CPU, from timed passes on a copy of the model."""
     probe = copy.deepcopy(model).train()
     x = torch.randn(cfg.batch_size, 3, 32, 32)
     y = torch.randint(0, num_classes, (cfg.batch_size,))
@@ -137,8 +153,8 @@ def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_test: int, num_c
             probe.eval()(x)
             test_t.append(time.perf_counter() - t)
             probe.train()
-    per_test_image = min(test_t[1:]) / cfg.batch_size * (2 if cfg.tta_flip else 1)
-    return min(train_t[1:]) * 1.5 * n_train / cfg.batch_size + per_test_image * n_test  # +50%: optimizer, loader
+    per_eval_image = min(test_t[1:]) / cfg.batch_size * 2  # every image and its mirror
+    return min(train_t[1:]) * 1.5 * n_train / cfg.batch_size + per_eval_image * n_eval  # +50%: optimizer, loader
 
 
 @dataclass
@@ -153,197 +169,265 @@ class Inputs:
     train_ds: AugmentedDataset
     train_loader: DataLoader
     test_loader: DataLoader
+    val_loader: DataLoader | None
 
 
 def build_inputs(cfg: TrainConfig, accelerator: Accelerator) -> Inputs:
-    """dataset -> (subset) -> statistics -> augmentation -> loaders (not yet prepared)."""
+    """dataset -> (subset) -> validation split -> statistics -> augmentation -> loaders (not yet prepared)."""
     with accelerator.main_process_first():  # one decode, the other ranks read the cache
         data = load_data(cfg.data, cfg.data_dir)
     train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
     test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
-    mean, std = channel_stats(train_x)
+    val = split_validation(train_x, train_y, cfg.val_split) if cfg.val_split else None
+    if val:
+        train_x, train_y = val[0], val[1]
+    mean, std = channel_stats(train_x)  # of the images trained on: the held-out ones stay unseen
     transform = build_train_transform(mean, **cfg.augment_kwargs())
     rank = accelerator.process_index
     train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
-    test_ds = AugmentedDataset(test_x, test_y, None, seed=cfg.seed, rank=rank)
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
                                pin_memory=pin, seed=cfg.seed)
-    # even_batches pads every rank's last batch to full size: keep test batches no larger than a rank's share
-    test_batch = max(1, min(1000, -(-len(test_y) // accelerator.num_processes)))
-    test_workers = min(cfg.workers, 2) if cfg.workers >= 0 else 2  # no augmentation: two workers keep up
-    test_loader = make_loader(test_ds, test_batch, shuffle=False, workers=test_workers, pin_memory=pin, seed=cfg.seed)
-    return Inputs(data, test_x, mean, std, transform, train_ds, train_loader, test_loader)
+    eval_workers = min(cfg.workers, 2) if cfg.workers >= 0 else 2  # no augmentation: two workers keep up
+
+    def eval_loader(x: np.ndarray, y: np.ndarray) -> DataLoader:
+        # even_batches pads every rank's last batch to full size: keep batches no larger than a rank's share
+        batch = max(1, min(1000, -(-len(y) // accelerator.num_processes)))
+        return make_loader(AugmentedDataset(x, y, None, seed=cfg.seed, rank=rank), batch, shuffle=False,
+                           workers=eval_workers, pin_memory=pin, seed=cfg.seed)
+
+    return Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
+                  eval_loader(val[2], val[3]) if val else None)
 
 
-def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rf_markdown: str, transform) -> None:
-    """config.yaml, the torchinfo summary, the RF table and the augmentation pipeline, once per run."""
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
+    """The net and its rule check; a net that breaks a rule is refused unless --allow-rule-violations."""
+    model = timm.create_model(cfg.model, num_classes=num_classes)
+    rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
+    failed = [r.name for r in rules if not r.passed]
+    if failed and not cfg.allow_rule_violations:
+        raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
+                       "train it anyway with --allow-rule-violations")
+    return model, rules
+
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, transform) -> None:
+    """config.yaml, rules, the torchinfo summary, the RF table and the augmentation pipeline, once per run."""
     cfg.save(run_dir / "config.yaml")
+    (run_dir / "rules.md").write_text(report.rules_markdown(rules))
     (run_dir / "summary.txt").write_text(summary_text(model) + "\n")
-    (run_dir / "receptive_field.md").write_text(rf_markdown + "\n")
+    (run_dir / "receptive_field.md").write_text(format_rf_table(rf_table(model)) + "\n")
     (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
 
 
-def epoch_row(epoch: int, tr, te, wall: float) -> dict:
-    """One metrics.jsonl row (and W&B step). `lr` is the last rate used in the epoch."""
-    return {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "test_loss": te.loss,
-            "test_acc": te.accuracy, "test_images": te.images, "lr": tr.lr, "epoch_seconds": tr.seconds + te.seconds,
-            "train_seconds": tr.seconds, "data_wait_seconds": tr.data_seconds, "test_seconds": te.seconds,
-            "images_per_second": tr.images / max(tr.seconds, 1e-9), "wall_seconds": wall}
+def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None, wall: float) -> dict:
+    """One metrics.jsonl row (and W&B step). `lr`/`momentum` are the last values used in the epoch."""
+    row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "lr": tr.lr, "momentum": tr.momentum,
+           "test_loss": te.loss, "test_acc": te.accuracy, "test_loss_tta": te.loss_tta,
+           "test_acc_tta": te.accuracy_tta, "test_images": te.images}
+    if va is not None:
+        row.update(val_loss=va.loss, val_acc=va.accuracy, val_acc_tta=va.accuracy_tta, val_images=va.images,
+                   val_seconds=va.seconds)
+    row.update(epoch_seconds=tr.seconds + te.seconds + (va.seconds if va else 0.0), train_seconds=tr.seconds,
+               data_wait_seconds=tr.data_seconds, test_seconds=te.seconds,
+               images_per_second=tr.images / max(tr.seconds, 1e-9), wall_seconds=wall)
+    return row
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def train(cfg: TrainConfig) -> int:
-    """Run (or resume) one training job; returns the process exit code."""
-    cfg = dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode))
+@dataclass
+class Job:
+    """Everything one run's epochs need, built once by `setup`."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    run_dir: Path
+    log: tracking.RunLog
+    inp: Inputs
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: ModelEmaV3 | None
+    criterion: torch.nn.Module
+    state: dict
+    start_epoch: int
+    started: float  # wall-clock origin of this process's share of `wall_seconds`
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, selected and shipped: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+
+def setup(cfg: TrainConfig) -> Job:
+    """Accelerator, run folder, data, model (rule-checked), optimizer, schedule, EMA, and the resumed state."""
+    check_model_name(cfg.model)
     accelerator = make_accelerator(cfg)
-    name = [run_name(cfg)]
-    broadcast_object_list(name)  # every rank writes to the main rank's folder
-    run_dir = Path(cfg.out) / name[0]
-    main = accelerator.is_main_process
-    log = tracking.RunLog(run_dir, enabled=main)
+    run_dir = claim_run_dir(cfg, accelerator)
     set_seed(cfg.seed)
-
     inp = build_inputs(cfg, accelerator)
-    data, mean, std, train_ds = inp.data, inp.mean, inp.std, inp.train_ds
-    train_loader, test_loader = inp.train_loader, inp.test_loader
-    cuda = accelerator.device.type == "cuda"
-
-    model = timm.create_model(cfg.model, num_classes=len(data.classes))
+    model, rules = build_model(cfg, len(inp.data.classes))
     n_params = sum(p.numel() for p in model.parameters())
     rf = receptive_field(model)
-    rf_markdown = format_rf_table(rf_table(model))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_loader), pct_start=cfg.pct_start,
-        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-    scheduler = accelerator.prepare(scheduler)
-    ema = None
-    if cfg.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                            use_buffers=True)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=accelerator.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=accelerator.device).view(1, 3, 1, 1)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, inp.train_loader,
+                                                                      inp.test_loader)
+    inp.train_loader, inp.test_loader = train_loader, test_loader
+    if inp.val_loader is not None:
+        inp.val_loader = accelerator.prepare(inp.val_loader)
+    scheduler = accelerator.prepare(make_scheduler(cfg, optimizer, len(train_loader), len(inp.train_ds)))
+    ema = (ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+           if cfg.ema_decay > 0 else None)
+    log = tracking.RunLog(run_dir, enabled=accelerator.is_main_process)  # the folder appears only now
 
-    ckpt_root = run_dir / "checkpoints"
-    state = {"model": cfg.model, "best_acc": 0.0, "best_epoch": 0, "best_train_acc": 0.0,
-             "epoch_to_target": None, "seconds_to_target": None, "elapsed_before": 0.0}
-    start_epoch = 1
+    state = {"model": cfg.model, "elapsed_before": 0.0}
     if cfg.resume:
         state = checkpoint.load_checkpoint(accelerator, checkpoint.latest_checkpoint(run_dir), cfg.model, ema)
-        start_epoch = state["epoch"] + 1
-        if main:
+        if accelerator.is_main_process:
             tracking.truncate_metrics(run_dir, state["epoch"])
-    elif main:
-        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rf_markdown, inp.transform)
-    tracking.init_wandb(accelerator, cfg, run_dir, name[0], {"parameters": n_params, "receptive_field": rf})
+    elif accelerator.is_main_process:
+        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rules, inp.transform)
+    rule_summary = {r.name: "PASS" if r.passed else "FAIL" for r in rules}
+    tracking.init_wandb(accelerator, cfg, run_dir, run_dir.name,
+                        {"parameters": n_params, "receptive_field": rf, "rules": rule_summary})
 
-    devices = f"{accelerator.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}"
+    job = Job(cfg, accelerator, run_dir, log, inp, model, optimizer, scheduler, ema,
+              torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), state,
+              start_epoch=state.get("epoch", 0) + 1, started=time.time() if cfg.resume else process_start())
+    _log_header(job, n_params, rf, rules)
+    if not cfg.resume:
+        checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", 0, state, ema)
+    return job
+
+
+def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
+    cfg, acc, inp, log = job.cfg, job.accelerator, job.inp, job.log
+    cuda = acc.device.type == "cuda"
+    failed = [r.name for r in rules if not r.passed]
     log.line(f"s7 train: {cfg.model} ({n_params:,} parameters, RF {rf}) recipe {cfg.recipe or 'custom'}")
-    log.line(f"devices: {devices}, {accelerator.distributed_type}, precision {accelerator.mixed_precision}")
-    log.line(f"data: {data.source}: {len(inp.train_ds):,} train / {len(inp.test_x):,} test images, "
-             f"{len(data.classes)} classes")
-    log.line(f"run folder: {run_dir}  (W&B: {cfg.wandb_mode})")
-    if not cuda and main:
-        est = cpu_epoch_estimate(accelerator.unwrap_model(model), cfg, len(inp.train_ds) // accelerator.num_processes,
-                                 len(inp.test_x) // accelerator.num_processes, len(data.classes))
-        left = cfg.epochs - start_epoch + 1
+    log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
+    log.line(f"rules: {'ALL PASS' if not failed else 'FAIL: ' + ', '.join(failed) + ' (--allow-rule-violations)'}")
+    log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
+             f"{acc.distributed_type}, precision {acc.mixed_precision}")
+    n_val = len(inp.val_loader.dataset) if inp.val_loader is not None else 0
+    log.line(f"data: {inp.data.source}: {len(inp.train_ds):,} train / {n_val:,} validation / "
+             f"{len(inp.test_x):,} test images, {len(inp.data.classes)} classes")
+    log.line(f"run folder: {job.run_dir}  (W&B: {cfg.wandb_mode}); shipped weights: "
+             f"{'best validation epoch' if n_val else 'final epoch'}")
+    if not cuda and acc.is_main_process:
+        est = cpu_epoch_estimate(acc.unwrap_model(job.model), cfg, len(inp.train_ds) // acc.num_processes,
+                                 (len(inp.test_x) + n_val) // acc.num_processes, len(inp.data.classes))
+        left = cfg.epochs - job.start_epoch + 1
         log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} "
                  f"({left} epochs to go: about {_duration(est * left)})")
-    if start_epoch == 1 and not cfg.resume:
-        checkpoint.save_checkpoint(accelerator, ckpt_root, 0, state, ema)
-    elif cfg.resume:
-        log.line(f"resumed from epoch {state['epoch']} of {cfg.epochs}")
+    if cfg.resume:
+        log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
 
+
+def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
+    """Train one epoch, validate, test, log the row, ship the weights if selected, checkpoint."""
+    cfg, acc, inp = job.cfg, job.accelerator, job.inp
+    inp.train_loader.set_epoch(epoch)  # shuffle order from (seed, epoch): a resumed run replays it
+    inp.train_ds.set_epoch(epoch)      # augmentation stream from (seed, epoch, rank, worker)
+    steps = len(inp.train_loader)
+    tr = train_one_epoch(acc, job.model, inp.train_loader, job.optimizer, job.scheduler, job.criterion, inp.mean,
+                         inp.std, epoch=epoch, channels_last=cfg.channels_last, ema=job.ema,
+                         ema_step=(epoch - 1) * steps, progress=progress)
+    evaluate = dict(channels_last=cfg.channels_last, progress=progress)
+    va = validate(acc, job.eval_model, inp.val_loader, inp.mean, inp.std, desc="val", **evaluate) \
+        if inp.val_loader is not None else None
+    te = validate(acc, job.eval_model, inp.test_loader, inp.mean, inp.std, **evaluate)
+    if not np.isfinite(te.loss):
+        raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
+                            "training stopped, last checkpoint kept")
+    wall = job.state["elapsed_before"] + time.time() - job.started
+    row = epoch_row(epoch, tr, te, va, wall)
+    job.log.metrics(row)
+    acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    val_txt = f"val acc {va.accuracy:6.2f}% | " if va else ""
+    job.log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | {val_txt}"
+                 f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%) | "
+                 f"lr {tr.lr:.4f} | {row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | "
+                 f"wall {wall:.1f}s")
+    if acc.is_main_process and report.selected_row(tracking.read_metrics(job.run_dir))["epoch"] == epoch:
+        ship(job, epoch, te)
+    checkpoint.save_checkpoint(acc, job.run_dir / "checkpoints", epoch, {**job.state, "elapsed_before": wall},
+                               job.ema)
+    return row
+
+
+def ship(job: Job, epoch: int, te: EvalResult) -> None:
+    """The selected epoch's weights to RUN/model/ and its test predictions to predictions.npz."""
+    cfg, inp = job.cfg, job.inp
+    checkpoint.save_weights(job.eval_model, job.run_dir / checkpoint.WEIGHTS_DIR, {
+        "model": cfg.model, "epoch": epoch,
+        "selected_by": "best val_acc" if inp.val_loader is not None else "final epoch",
+        "test_acc": te.accuracy, "test_acc_tta": te.accuracy_tta, "ema": cfg.ema_decay > 0,
+        "classes": inp.data.classes, "mean": list(map(float, inp.mean)), "std": list(map(float, inp.std)),
+        "data": inp.data.source})
+    report.save_predictions(job.run_dir, te.predictions.numpy(), te.labels.numpy(), te.probabilities.numpy(),
+                            inp.test_x, inp.data.classes, cfg.log_misclassified)
+
+
+def finish(job: Job) -> None:
+    """Report, W&B summary and files, a closing line: main process only."""
+    res = report.build_report(job.run_dir)
+    final = res["rows"][-1]
+    tracking.wandb_files_and_summary(
+        job.accelerator, job.cfg, job.run_dir,
+        {"final_test_acc": final["test_acc"], "final_test_acc_tta": final["test_acc_tta"],
+         "selected_epoch": res["selected_epoch"], "epoch_to_target": res["epoch_to_target"],
+         "seconds_to_target": res["seconds_to_target"], "parameters": res["parameters"],
+         "receptive_field": res["receptive_field"], "last_epoch": final["epoch"]},
+        ["summary.txt", "receptive_field.md", "rules.md", "report.md", "per_class.md", "config.yaml"],
+        report.misclassified_for_wandb(job.run_dir))
+    job.log.line(f"done: final test accuracy {final['test_acc']:.2f}% ({final['test_acc_tta']:.2f}% with flip "
+                 f"TTA) after epoch {final['epoch']}; report: {job.run_dir / 'report.md'}")
+
+
+def train(cfg: TrainConfig) -> int:
+    """Run (or resume) one training job; returns the process exit code."""
+    job = setup(dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode)))
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    progress = main and sys.stderr.isatty()  # tqdm bars on a terminal, plain lines otherwise
-    epoch = start_epoch - 1
-    resume_at = time.time()
+    progress = job.accelerator.is_main_process and sys.stderr.isatty()  # tqdm bars on a terminal only
+    epoch = job.start_epoch - 1
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            train_loader.set_epoch(epoch)  # shuffle order from (seed, epoch): a resumed run replays it
-            train_ds.set_epoch(epoch)       # augmentation stream from (seed, epoch, rank, worker)
-            tr = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, mean_t, std_t,
-                                 epoch=epoch, channels_last=cfg.channels_last, ema=ema, progress=progress)
-            te = validate(accelerator, ema if ema is not None else model, test_loader, mean_t, std_t,
-                          channels_last=cfg.channels_last, tta_flip=cfg.tta_flip, progress=progress)
-            if not np.isfinite(te.loss):
-                raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
-                                    "training stopped, best checkpoint kept")
-            wall = state["elapsed_before"] + time.time() - (resume_at if cfg.resume else PROCESS_START)
-            row = epoch_row(epoch, tr, te, wall)
-            if te.accuracy >= cfg.target_acc and state["epoch_to_target"] is None:
-                state["epoch_to_target"], state["seconds_to_target"] = epoch, wall
-            state["best_train_acc"] = max(state["best_train_acc"], tr.accuracy)
-            is_best = te.accuracy > state["best_acc"]
-            if is_best:
-                state["best_acc"], state["best_epoch"] = te.accuracy, epoch
-            log.metrics(row)
-            accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | "
-                     f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% | lr {tr.lr:.4f} | "
-                     f"{row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | wall {wall:.1f}s")
-            if main and is_best:
-                checkpoint.save_best(ema if ema is not None else accelerator.unwrap_model(model), run_dir / "best",
-                                     {"model": cfg.model, "epoch": epoch, "test_acc": te.accuracy,
-                                      "classes": data.classes, "mean": list(map(float, mean)),
-                                      "std": list(map(float, std)), "data": data.source,
-                                      "tta_flip": cfg.tta_flip})
-                report.save_predictions(run_dir, te.predictions.numpy(), te.labels.numpy(),
-                                        te.probabilities.numpy(), inp.test_x, data.classes, cfg.log_misclassified)
-            checkpoint.save_checkpoint(accelerator, ckpt_root, epoch,
-                                       {**state, "elapsed_before": wall}, ema)
+        for epoch in range(job.start_epoch, cfg.epochs + 1):
+            run_epoch(job, epoch, progress)
     except NonFiniteLoss as e:
-        log.line(f"error: {e}")
-        accelerator.end_training()
+        job.log.line(f"error: {e}")
+        job.accelerator.end_training()
         return 3
-    except Interrupted as e:
-        return _interrupted(log, accelerator, run_dir, epoch, f"{e}")
-    except KeyboardInterrupt:
-        return _interrupted(log, accelerator, run_dir, epoch, "SIGINT")
-
-    if main:
-        report.build_report(run_dir)
-        tracking.wandb_files_and_summary(
-            accelerator, cfg, run_dir,
-            {"best_test_acc": state["best_acc"], "best_epoch": state["best_epoch"],
-             "epochs_to_target": state["epoch_to_target"], "seconds_to_target": state["seconds_to_target"],
-             "parameters": n_params, "receptive_field": rf, "last_epoch": cfg.epochs},
-            ["summary.txt", "receptive_field.md", "report.md", "per_class.md", "config.yaml"],
-            report.misclassified_for_wandb(run_dir))
-        log.line(f"done: best test accuracy {state['best_acc']:.2f}% at epoch {state['best_epoch']}; "
-                 f"report: {run_dir / 'report.md'}")
-    accelerator.end_training()
+    except KeyboardInterrupt as e:
+        return _interrupted(job, epoch, str(e) if isinstance(e, Interrupted) else "SIGINT")
+    if job.accelerator.is_main_process:
+        finish(job)
+    job.accelerator.end_training()
     return 0
 
 
-def _interrupted(log, accelerator, run_dir: Path, epoch: int, why: str) -> int:
+def _interrupted(job: Job, epoch: int, why: str) -> int:
     """The last completed epoch is already on disk (written atomically); say how to continue."""
-    log.line(f"interrupted ({why}) during epoch {epoch}; the state after epoch {epoch - 1} is saved in "
-             f"{run_dir / 'checkpoints'}")
-    log.line(f"resume with: accelerate launch trainer/main.py --resume {run_dir}")
+    ckpts = job.run_dir / "checkpoints"
+    job.log.line(f"interrupted ({why}) during epoch {epoch}; the state after epoch {epoch - 1} is saved in {ckpts}")
+    job.log.line(f"resume with: accelerate launch trainer/main.py --resume {job.run_dir}")
     try:
-        accelerator.end_training()
+        job.accelerator.end_training()
     except Exception:  # noqa: BLE001 - a tracker that fails to close must not hide the resume hint
         pass
     return 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    flags = resolve(argv)
-    given = {k for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    cfg = resumed_config(flags, given) if flags.resume else flags
+    cfg = resolve(argv)
     try:
         return train(cfg)
-    except (DataError, checkpoint.CheckpointError, FileNotFoundError) as e:
+    except (RunError, DataError, checkpoint.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

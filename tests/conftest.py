@@ -1,0 +1,29 @@
+"""Session fixtures shared by the trainer tests: the synthetic tree and cached runs, each made once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runs import Data, cached_run, shared_data
+from trainer.tracking import read_metrics
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Data:
+    return shared_data(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def baseline(data) -> Path:
+    """4 epochs, seed 0, one process: the reference run."""
+    return cached_run(data, "baseline")
+
+
+@pytest.fixture(scope="session")
+def weak_run(data) -> Path:
+    """Two epochs: a model that gets most, but not all, test images right (some misclassified to show)."""
+    run = cached_run(data, "weak", "--lr", "0.05", epochs=2)
+    final = read_metrics(run)[-1]["test_acc"]
+    assert 100.0 / 3 + 1 < final < 100.0, f"precondition: the short run should be partly right, got {final}"
+    return run
