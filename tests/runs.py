@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 from dataclasses import dataclass
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,19 @@ def train_in_process(argv: list[str]) -> int:
         return trainer_main.main(argv)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def train_until_interrupted(argv: list[str], at_epoch: int) -> int:
+    """trainer.main.main(argv) in process, with a Ctrl-C (KeyboardInterrupt) as epoch `at_epoch` starts."""
+    original = trainer_main.train_one_epoch
+
+    def stop(*args, epoch: int, **kwargs):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+        return original(*args, epoch=epoch, **kwargs)
+
+    with mock.patch.object(trainer_main, "train_one_epoch", stop):
+        return train_in_process(argv)
 
 
 def cached_run(data: Data, name: str, *extra: str, epochs: int = EPOCHS) -> Path:

@@ -16,7 +16,8 @@ import yaml
 
 import synthetic
 from runs import (N_TEST, PYTHON, REPO, SMOKE, assert_same_metrics, copy_run, final_lr, flags, recount_accuracy,
-                  results_table, sub_env, train_in_process)
+                  results_table, sub_env, train_in_process,
+                  train_until_interrupted)
 from trainer import main as trainer_main
 from trainer.config import TrainConfig, resolve
 from trainer.tracking import read_metrics
@@ -35,20 +36,11 @@ def test_synthetic_task_is_learned_above_90_percent_in_four_epochs(baseline, dat
 
 # ---------------------------------------------------------------- 3. resume == uninterrupted (one process)
 
-def test_resume_after_interrupt_at_epoch_3_equals_uninterrupted_run(baseline, data, tmp_path, monkeypatch, capsys):
-    original = trainer_main.train_one_epoch
-
-    def stop_at_3(*args, epoch, **kwargs):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(trainer_main, "train_one_epoch", stop_at_3)
-    assert train_in_process(flags(data, tmp_path, "b")) == 130
+def test_resume_after_interrupt_at_epoch_3_equals_uninterrupted_run(baseline, data, tmp_path, capsys):
+    assert train_until_interrupted(flags(data, tmp_path, "b"), at_epoch=3) == 130
     run = tmp_path / "b"
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-0002"
-    monkeypatch.setattr(trainer_main, "train_one_epoch", original)
 
     capsys.readouterr()
     assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0

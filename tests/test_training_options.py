@@ -13,9 +13,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from runs import PYTHON, REPO, assert_same_metrics, flags, sub_env, train_in_process
+from runs import PYTHON, REPO, assert_same_metrics, flags, sub_env, train_in_process, train_until_interrupted
 from trainer import cli
-from trainer import main as trainer_main
 from trainer.dataset import split_validation
 from trainer.loop import train_one_epoch
 from trainer.tracking import read_metrics
@@ -84,18 +83,9 @@ def test_ema_weights_are_shipped_plain_and_load_by_evaluate_predict_and_timm(dat
     assert cli.main(["predict", str(run), str(next((data.tree / "test").rglob("*.png")))]) == 0
 
 
-def test_ema_run_resumes_to_the_same_figures(data, tmp_path, monkeypatch):
+def test_ema_run_resumes_to_the_same_figures(data, tmp_path):
     full = quick_run(data, tmp_path, "full", "--ema-decay", "0.9", epochs=3)
-    original = trainer_main.train_one_epoch
-
-    def stop_at_3(*args, epoch, **kwargs):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(trainer_main, "train_one_epoch", stop_at_3)
-    assert train_in_process(flags(data, tmp_path, "cut", *QUICK, "--ema-decay", "0.9", epochs=3)) == 130
-    monkeypatch.setattr(trainer_main, "train_one_epoch", original)
+    assert train_until_interrupted(flags(data, tmp_path, "cut", *QUICK, "--ema-decay", "0.9", epochs=3), at_epoch=3) == 130
     assert train_in_process(["--resume", str(tmp_path / "cut"), "--wandb-mode", "disabled"]) == 0
     assert_same_metrics(read_metrics(tmp_path / "cut"), read_metrics(full), keys=("train_loss", "test_acc",
                                                                                   "test_loss", "test_acc_tta"))
@@ -145,18 +135,9 @@ def test_channels_last_run_learns_like_the_contiguous_one(baseline, data, tmp_pa
     assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=0.05)  # same maths, other memory layout
 
 
-def test_forked_persistent_workers_resume_to_the_same_figures(data, tmp_path, monkeypatch):
+def test_forked_persistent_workers_resume_to_the_same_figures(data, tmp_path):
     full = quick_run(data, tmp_path, "w-full", "--workers", "2", epochs=3)
-    original = trainer_main.train_one_epoch
-
-    def stop_at_3(*args, epoch, **kwargs):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(*args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(trainer_main, "train_one_epoch", stop_at_3)
-    assert train_in_process(flags(data, tmp_path, "w-cut", *QUICK, "--workers", "2", epochs=3)) == 130
-    monkeypatch.setattr(trainer_main, "train_one_epoch", original)
+    assert train_until_interrupted(flags(data, tmp_path, "w-cut", *QUICK, "--workers", "2", epochs=3), at_epoch=3) == 130
     assert train_in_process(["--resume", str(tmp_path / "w-cut"), "--wandb-mode", "disabled"]) == 0
     assert_same_metrics(read_metrics(tmp_path / "w-cut"), read_metrics(full))
 
