@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 9: the equal-budget comparisons behind benchmarks/ablations.md, one run after another on this CPU.
+# Budget: 4 epochs (OneCycle over those 4), seed 0, the JPEG copy's 50,000 training images less a stratified
+# 5,000-image validation split (the comparison figure); the test split is only reported.
+# Each finished run folder is copied (less checkpoints and weights) to results/ablations/NAME.
+set -u
+cd "$(dirname "$0")/.."
+COMMON=(--data ../shared/data/cifar10-jpeg.tar.gz --data-dir data --out runs/ablations --epochs 4 --val-split 5000
+        --wandb-mode disabled --seed 0)
+LIGHT_AUG=(--rotate-limit 5 --dropout-p 0.15 --gray-p 0)
+run() {
+    local name=$1; shift
+    .venv/bin/python trainer/main.py "${COMMON[@]}" --name "$name" "$@" > /dev/null || return
+    mkdir -p "results/ablations/$name/model"
+    (cd "runs/ablations/$name" && cp config.yaml metrics.jsonl train.log report.md rules.md summary.txt \
+        receptive_field.md augmentation.txt ./*.png per_class.md predictions.npz "../../../results/ablations/$name/" \
+        && cp model/meta.json "../../../results/ablations/$name/model/")
+}
+run s7-sgd --model s7
+run cand_a-sgd --model s7_cand_a --batch-size 512 --lr 0.4 --label-smoothing 0.2 "${LIGHT_AUG[@]}"
+run cand_b-adamw --model s7_cand_b --optimizer adamw --lr 0.002 --weight-decay 0.05 --div-factor 25 \
+    --ema-decay 0.995 "${LIGHT_AUG[@]}"

@@ -1,0 +1,40 @@
+"""The equal-budget comparison table of benchmarks/ablations.md, read from the committed run folders under
+results/ablations/ (metrics.jsonl, config.yaml, summary.txt), so no figure in it is typed by hand.
+
+    .venv/bin/python benchmarks/ablations.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPE_KEYS = ("optimizer", "lr", "batch_size", "momentum", "weight_decay", "label_smoothing", "div_factor",
+               "ema_decay", "rotate_limit", "dropout_p", "gray_p")
+
+
+def table(folder: Path = ROOT / "results" / "ablations") -> str:
+    """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures."""
+    from trainer.config import TrainConfig
+    from trainer.report import run_results
+
+    default = TrainConfig()
+    lines = ["| run | net | params | recipe (differences from the trainer defaults) | epochs | val acc | "
+             "test acc, no TTA | test acc, flip TTA | train img/s (mean) | source |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()):
+        res = run_results(run)
+        cfg, final = res["config"], res["rows"][-1]
+        recipe = ", ".join(f"{k} {cfg[k]}" for k in RECIPE_KEYS if k in cfg and getattr(default, k) != cfg[k])
+        speed = sum(r["images_per_second"] for r in res["rows"]) / len(res["rows"])
+        lines.append(f"| {run.name} | `{cfg['model']}` | {res['parameters']:,} | {recipe or 'defaults'} | "
+                     f"{final['epoch']} | {final['val_acc']:.2f}% | {final['test_acc']:.2f}% | "
+                     f"{final['test_acc_tta']:.2f}% | {speed:.0f} | "
+                     f"[metrics.jsonl](../results/ablations/{run.name}/metrics.jsonl) |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

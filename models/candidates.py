@@ -1,0 +1,127 @@
+"""Issue 9 candidates: two nets under s7's rules, to be compared with `s7` at an equal short training budget.
+
+Both keep s7's shape C1 T1 C2 T2 C3 T3 C4 O (`S7Net`; a T may be the identity), no MaxPool, downsampling only by
+plain (non-residual) 3x3 stride-2 convs, a 1x1 conv to the classes before GAP and nothing with weights after it.
+
+- `s7_cand_a` ("full convs"): a ResNet-style stack of full 3x3 convs at 32x32 (24 wide) and 16x16 (38 wide, the
+  last block dilated), where full convs are affordable (9*w^2 parameters) and cheap on the CPU, then one
+  depthwise-separable transition that widens to 96 at 8x8 and a depthwise-separable residual block there: a
+  full 3x3 conv at 96 wide would cost 83k parameters on its own.
+- `s7_cand_b` ("gated mix"): ConvNeXt-like residual blocks whose spatial mixing is a chain of depthwise kernels
+  (large, then dilated: the receptive field comes almost free), whose parameters sit in a gated 1x1 expansion
+  (C -> 2C, GLU gate, -> C), and whose residual branch ends in a per-channel scale that starts at zero.
+
+Two constraints of the checker shape these blocks. The analytic receptive field walks *every* conv in execution
+order and must equal the gradient-measured one, so parallel branches with different kernels (an Inception-style
+channel split) would be over-counted and fail: the kernels are chained instead. And a transition cannot carry a
+residual: a strided shortcut is either a 1x1 stride-2 conv (not an allowed downsampling) or another 3x3 stride-2
+conv (walked as if in series with the main branch).
+
+Not in `models.MODEL_NAMES` yet: `import models.candidates` registers them with timm.
+"""
+from __future__ import annotations
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from models.blocks import ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+from models.nets import S7Net
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two full 3x3 conv-BN (ReLU between, both with `dilation`), identity shortcut, ReLU after."""
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBNAct(channels, channels, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(self.conv1(x))))
+
+
+def _depthwise(channels: int, kernel: int, dilation: int) -> nn.Sequential:
+    """A 'same'-padded depthwise kxk conv (optionally dilated) and BatchNorm, no activation."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation,
+                  groups=channels, bias=False),
+        nn.BatchNorm2d(channels),
+    )
+
+
+class GatedMixBlock(nn.Module):
+    """Chained depthwise kernels, then a gated 1x1 expansion (C -> 2C, value * sigmoid(gate), -> C), residual.
+
+    `kernels` is a list of (kernel, dilation), applied one after the other (no activation between: together they
+    are one large, sparse depthwise filter); the last one is directly followed by the expanding 1x1 conv, so each
+    block holds one depthwise-separable conv. The branch ends in a BatchNorm whose affine weight, initialised to
+    `scale_init` (0: each block starts as the identity), is the learned per-channel residual scale.
+    """
+
+    def __init__(self, channels: int, kernels: tuple[tuple[int, int], ...] = ((3, 1),),
+                 scale_init: float = 0.0) -> None:
+        super().__init__()
+        self.mix = nn.Sequential(*(_depthwise(channels, k, d) for k, d in kernels))
+        self.expand = nn.Conv2d(channels, 2 * channels, 1, bias=False)
+        self.bn_expand = nn.BatchNorm2d(2 * channels)
+        self.project = nn.Conv2d(channels, channels, 1, bias=False)
+        self.scale = nn.BatchNorm2d(channels)
+        nn.init.constant_(self.scale.weight, scale_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.bn_expand(self.expand(self.mix(x))).chunk(2, dim=1)
+        return x + self.scale(self.project(value * torch.sigmoid(gate)))
+
+
+def build_a(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (24, 38, 96)) -> S7Net:
+    """Full 3x3 convs at 32x32 (w1) and 16x16 (w2, the last two dilated), a DS transition to a DS block at 8x8 (w3)."""
+    w1, w2, w3 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
+        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
+        t2=nn.Identity(),                                                   # 16x16 kept
+        c3=BasicBlock(w2, dilation=2),                                      # 16x16: 2 full convs, dilation 2
+        t3=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS (widening, where full is dear)
+        c4=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
+        head=OutputHead(w3, num_classes),
+    )
+
+
+def build_b(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (32, 64, 86)) -> S7Net:
+    """Full-conv stem at 32x32, gated mixed-kernel blocks at 16x16 and 8x8 (large then dilated depthwise kernels)."""
+    w1, w2, w3 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, 24), ConvBNAct(24, w1)),       # 32x32, full convs
+        t1=DepthwiseSeparableConv(w1, w2, stride=2),                        # -> 16x16, DS
+        c2=nn.Sequential(GatedMixBlock(w2, ((5, 1),)), GatedMixBlock(w2, ((5, 1),))),
+        t2=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS
+        c3=GatedMixBlock(w3, ((5, 1), (3, 2))),                             # 5x5 then 3x3 dilation 2
+        t3=nn.Identity(),                                                   # 8x8 kept
+        c4=GatedMixBlock(w3, ((5, 1), (3, 3))),                             # 5x5 then 3x3 dilation 3
+        head=OutputHead(w3, num_classes),
+    )
+
+
+def _cfg() -> dict:
+    return dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
+                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), first_conv="c1.0.0",
+                classifier="head.classifier", license="mit")
+
+
+# Must exist before register_model runs: timm reads the module's default_cfgs at registration.
+default_cfgs = generate_default_cfgs({"s7_cand_a.untrained": _cfg(), "s7_cand_b.untrained": _cfg()})
+
+
+@register_model
+def s7_cand_a(pretrained: bool = False, **kwargs) -> S7Net:
+    """Candidate A: full-conv ResNet front at 32x32 and 16x16, depthwise-separable back at 8x8."""
+    return build_model_with_cfg(build_a, "s7_cand_a", pretrained, **kwargs)
+
+
+@register_model
+def s7_cand_b(pretrained: bool = False, **kwargs) -> S7Net:
+    """Candidate B: gated mixed-kernel blocks (chained large and dilated depthwise kernels, GLU 1x1 expansion)."""
+    return build_model_with_cfg(build_b, "s7_cand_b", pretrained, **kwargs)
