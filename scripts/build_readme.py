@@ -50,6 +50,11 @@ def block_augment() -> str:
     return "```python\n" + inspect.getsource(augment.build_train_transform).rstrip() + "\n```"
 
 
+def _shared_relative(text: str) -> str:
+    """Commands print the data source resolved; the README names the shared folder as ../shared."""
+    return text.replace(str(SHARED_DATA.resolve().parents[1]), "../shared")
+
+
 def block_stats() -> str:
     from trainer.cli import stats_command
 
@@ -57,7 +62,7 @@ def block_stats() -> str:
         return "(the shared JPEG copy was not found when this was generated)"
     out = _capture(stats_command, str(SHARED_DATA), str(ROOT / "data"))
     out = re.sub(r"^loaded in .*$", "", out, flags=re.M).rstrip()  # timing varies run to run
-    return "```\n$ s7 stats --data ../shared/data/cifar10-jpeg.tar.gz\n" + out.replace(str(ROOT.parent), "..") + "\n```"
+    return "```\n$ s7 stats --data ../shared/data/cifar10-jpeg.tar.gz\n" + _shared_relative(out) + "\n```"
 
 
 def _runs() -> list[Path]:
@@ -216,7 +221,7 @@ def block_evaluate() -> str:
         out = _capture(evaluate_command, str(ROOT / f"models/weights/{name}.safetensors"), str(SHARED_DATA),
                        str(ROOT / "data"), None, 500)
         lines.append(f"$ s7 evaluate models/weights/{name}.safetensors --data ../shared/data/cifar10-jpeg.tar.gz\n"
-                     + out.splitlines()[0].replace(str(ROOT.parent), ".."))
+                     + _shared_relative(out.splitlines()[0]))
     return (f"On {platform.machine()} CPU, fp32 ({os.cpu_count()} cores):\n\n```\n" + "\n".join(lines) + "\n```")
 
 
