@@ -177,7 +177,7 @@ def _checked(values: dict[str, Any], origin: str) -> dict[str, Any]:
     for key in sorted(set(values) & set(RETIRED_KEYS)):
         reason = RETIRED_KEYS[key](values.pop(key))
         if reason:
-            raise SystemExit(f"error: {origin}: {key}: {values.get(key, '')}{reason}")
+            raise SystemExit(f"error: {origin}: {key}: {reason}")
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise SystemExit(f"error: {origin}: unknown config key(s) {', '.join(unknown)}")

@@ -45,6 +45,7 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit model {name!r} ({str(e).splitlines()[0]})") from None
+    model = model.to(memory_format=torch.channels_last)  # inference on the CPU runs about 1.6x faster so
     return model.eval(), {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, **meta, "model": name, "classes": classes}
 
 
@@ -52,9 +53,8 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
 def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std,
                     batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of uint8 NHWC images, without and with flip TTA (one pass over each image and
-    one over its mirror serve both). Channels-last: on the CPU these convs run about 1.6x faster in it."""
+    one over its mirror serve both)."""
     plain, tta = [], []
-    model = model.to(memory_format=torch.channels_last)
     for i in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2), mean, std)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -70,14 +70,11 @@ def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str
     d = load_data(data, data_dir)
     if list(d.classes) != list(meta["classes"]):
         raise CheckpointError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
-    counted = {}
-    for tta, probs in zip((False, True), predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size)):
-        preds = probs.argmax(1)
-        counted[tta] = (preds, int((preds == d.test_y).sum()))
-    n = len(d.test_y)
-    print(f"{meta['model']} on {d.source}: test accuracy {100.0 * counted[False][1] / n:.2f}% "
-          f"({counted[False][1]}/{n}), with flip TTA {100.0 * counted[True][1] / n:.2f}% ({counted[True][1]}/{n})")
-    print(per_class_markdown(counted[False][0], d.test_y, list(d.classes)))
+    plain, tta = (p.argmax(1) for p in predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size))
+    n, right, right_tta = len(d.test_y), int((plain == d.test_y).sum()), int((tta == d.test_y).sum())
+    print(f"{meta['model']} on {d.source}: test accuracy {100.0 * right / n:.2f}% ({right}/{n}), "
+          f"with flip TTA {100.0 * right_tta / n:.2f}% ({right_tta}/{n})")
+    print(per_class_markdown(plain, d.test_y, list(d.classes)))
     return 0
 
 
