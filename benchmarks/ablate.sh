@@ -16,7 +16,20 @@ run() {
         receptive_field.md augmentation.txt ./*.png per_class.md predictions.npz "../../../results/ablations/$name/" \
         && cp model/meta.json "../../../results/ablations/$name/model/")
 }
-run s7-sgd --model s7
-run cand_a-sgd --model s7_cand_a --batch-size 512 --lr 0.4 --label-smoothing 0.2 "${LIGHT_AUG[@]}"
-run cand_b-adamw --model s7_cand_b --optimizer adamw --lr 0.002 --weight-decay 0.05 --div-factor 25 \
-    --ema-decay 0.995 "${LIGHT_AUG[@]}"
+A_RECIPE=(--batch-size 512 --lr 0.4 --label-smoothing 0.2 "${LIGHT_AUG[@]}")
+# name: trainer flags. `benchmarks/ablate.sh NAME...` runs only those; no names runs every one.
+declare -A RUNS=(
+    [s7-sgd]="--model s7"
+    [cand_a-sgd]="--model s7_cand_a ${A_RECIPE[*]}"
+    [cand_b-adamw]="--model s7_cand_b --optimizer adamw --lr 0.002 --weight-decay 0.05 --div-factor 25 --ema-decay 0.995 ${LIGHT_AUG[*]}"
+    [strided-sgd]="--model s7_strided"
+    [cand_a_strided-sgd]="--model s7_cand_a_strided ${A_RECIPE[*]}"
+    [dilated-sgd]="--model s7_dilated"
+    [cand_a_dilated-sgd]="--model s7_cand_a_dilated ${A_RECIPE[*]}"
+)
+ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd)
+for name in "${@:-${ORDER[@]}}"; do
+    [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
+    # shellcheck disable=SC2086  # the flags are words
+    run "$name" ${RUNS[$name]}
+done

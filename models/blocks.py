@@ -1,4 +1,5 @@
-"""Building blocks of the s7 networks: conv-BN-ReLU, the depthwise-separable conv, residual blocks, the GAP head."""
+"""Building blocks of the s7 networks: conv-BN-ReLU, the depthwise-separable conv, residual blocks (full-conv and
+depthwise-separable), the GAP head."""
 from __future__ import annotations
 
 import torch
@@ -54,6 +55,19 @@ class ResidualDS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.conv2(self.conv1(x)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two full 3x3 conv-BN (ReLU between, both with `dilation`), identity shortcut, ReLU after."""
+
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBNAct(channels, channels, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(self.conv1(x))))
 
 
 class OutputHead(nn.Module):

@@ -10,6 +10,9 @@ plain (non-residual) 3x3 stride-2 convs, a 1x1 conv to the classes before GAP an
 - `s7_cand_b` ("gated mix"): ConvNeXt-like residual blocks whose spatial mixing is a chain of depthwise kernels
   (large, then dilated: the receptive field comes almost free), whose parameters sit in a gated 1x1 expansion
   (C -> 2C, GLU gate, -> C), and whose residual branch ends in a per-channel scale that starts at zero.
+- `s7_cand_a_strided`, `s7_cand_a_dilated`: candidate A's idea (full convs where the maps are large and the
+  channels few, depthwise-separable where they are small and many) under `s7_strided`'s rule (three 3x3
+  stride-2 transitions) and `s7_dilated`'s (no stride: unpadded dilated transitions 32 -> 28 -> 20 -> 4).
 
 Two constraints of the checker shape these blocks. The analytic receptive field walks *every* conv in execution
 order and must equal the gradient-measured one, so parallel branches with different kernels (an Inception-style
@@ -25,21 +28,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from models.blocks import ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
 from models.nets import S7Net
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two full 3x3 conv-BN (ReLU between, both with `dilation`), identity shortcut, ReLU after."""
-
-    def __init__(self, channels: int, dilation: int = 1) -> None:
-        super().__init__()
-        self.conv1 = ConvBNAct(channels, channels, dilation=dilation)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(self.conv1(x))))
 
 
 def _depthwise(channels: int, kernel: int, dilation: int) -> nn.Sequential:
@@ -105,6 +95,38 @@ def build_b(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, in
     )
 
 
+def build_a_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (24, 36, 80, 108)) -> S7Net:
+    """Candidate A's idea under s7_strided's rule (three 3x3 stride-2 transitions, 32 -> 16 -> 8 -> 4): full convs
+    at 32x32 and 16x16 (the first transition a full conv too), depthwise-separable from 8x8 on."""
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
+        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
+        t2=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS
+        c3=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
+        t3=DepthwiseSeparableConv(w3, w4, stride=2),                        # -> 4x4, DS
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+    )
+
+
+def build_a_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (24, 36, 80, 108)) -> S7Net:
+    """Candidate A's idea under s7_dilated's rule (no stride; unpadded dilated transitions 32 -> 28 -> 20 -> 4):
+    full convs at 32x32 and 28x28 (the first transition a full dilated conv), depthwise-separable after."""
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, dilation=2, padding=0),                        # -> 28x28, full conv, dilation 2
+        c2=BasicBlock(w2, dilation=2),                                      # 28x28: 2 full convs, dilation 2
+        t2=DepthwiseSeparableConv(w2, w3, dilation=4, padding=0),           # -> 20x20, DS, dilation 4
+        c3=ResidualDS(w3, dilation=4),                                      # 20x20: DS, DS (dilation 4)
+        t3=DepthwiseSeparableConv(w3, w4, dilation=8, padding=0),           # -> 4x4, DS, dilation 8
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+    )
+
+
 def _cfg() -> dict:
     return dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
                 mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), first_conv="c1.0.0",
@@ -112,7 +134,8 @@ def _cfg() -> dict:
 
 
 # Must exist before register_model runs: timm reads the module's default_cfgs at registration.
-default_cfgs = generate_default_cfgs({"s7_cand_a.untrained": _cfg(), "s7_cand_b.untrained": _cfg()})
+default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in
+                                      ("s7_cand_a", "s7_cand_b", "s7_cand_a_strided", "s7_cand_a_dilated")})
 
 
 @register_model
@@ -125,3 +148,15 @@ def s7_cand_a(pretrained: bool = False, **kwargs) -> S7Net:
 def s7_cand_b(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate B: gated mixed-kernel blocks (chained large and dilated depthwise kernels, GLU 1x1 expansion)."""
     return build_model_with_cfg(build_b, "s7_cand_b", pretrained, **kwargs)
+
+
+@register_model
+def s7_cand_a_strided(pretrained: bool = False, **kwargs) -> S7Net:
+    """Candidate A's full-conv front under s7_strided's rule: three 3x3 stride-2 transitions."""
+    return build_model_with_cfg(build_a_strided, "s7_cand_a_strided", pretrained, **kwargs)
+
+
+@register_model
+def s7_cand_a_dilated(pretrained: bool = False, **kwargs) -> S7Net:
+    """Candidate A's full-conv front under s7_dilated's rule: no stride, unpadded dilated transitions."""
+    return build_model_with_cfg(build_a_dilated, "s7_cand_a_dilated", pretrained, **kwargs)

@@ -47,13 +47,12 @@ def test_num_classes_changes_only_the_head():
     assert shapes7.keys() == shapes10.keys()
     assert {k for k in shapes7 if shapes7[k] != shapes10[k]} == {"head.classifier.weight", "head.classifier.bias"}
 
-
-
-@pytest.mark.parametrize("name", ["s7_cand_a", "s7_cand_b"])
-def test_issue9_candidates_pass_every_rule_and_stay_under_100k(name):
+@pytest.mark.parametrize("name,transitions", [("s7_cand_a", None), ("s7_cand_b", None),
+                                              ("s7_cand_a_strided", "strided"), ("s7_cand_a_dilated", "dilated")])
+def test_issue9_candidates_pass_every_rule_and_stay_under_100k(name, transitions):
     from models.rules import check_model
 
     net = timm.create_model(name, num_classes=10)
-    failed = [r.name for r in check_model(net) if not r.passed]
+    failed = [r.name for r in check_model(net, transitions=transitions) if not r.passed]
     assert failed == [] and sum(p.numel() for p in net.parameters()) < 100_000
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 9's GPU session: the final recipes of all three nets side by side on one GPU, within about 8 minutes.
+# Run from the repository root on a machine with torch, torchvision, accelerate and timm (no network needed).
+# Needs .gpu/wheels (albumentations, torchinfo + deps for the machine's Python) and .gpu/cifar10-jpeg.tar.gz:
+#     mkdir -p .gpu && cp -r ../shared/wheels/py312 .gpu/wheels && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
+# Results land in $OUT (default /tmp/s7-out): results.tar.gz (run folders less checkpoints), one log per run,
+# time_to_accuracy.jsonl (one JSON line per run), env.txt.
+#   1. warm the decoded-data cache (one `s7 stats`, so the four runs below read it instead of decoding);
+#   2. four runs at once, the CPU cores split between their loaders:
+#        s7 short recipe (configs/s7.yaml, what `make train` runs: >= 87 % by epoch 12),
+#        s7 long recipe (configs/s7_long.yaml: >= 92 % with TTA, >= 91 % without),
+#        s7_strided and s7_dilated (configs/s7_strided.yaml, configs/s7_dilated.yaml: >= 90 % each).
+# Every figure is the final epoch's (no selection on the test split), with and without flip TTA.
+# QUICK=1 shrinks every run to one epoch on a subset, to rehearse the script on a CPU.
+# *_EPOCHS override a recipe's epochs (e.g. when a rehearsal shows the budget does not fit).
+set -u
+OUT=${OUT:-/tmp/s7-out}; mkdir -p "$OUT"
+python3 -c "import albumentations, torchinfo" 2>/dev/null || {
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+}
+export PYTHONPATH=$PWD:${PYTHONPATH:-} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+DATA=${DATA:-.gpu/cifar10-jpeg.tar.gz} DD=${DD:-/tmp/s7-data} RUNS=${RUNS:-/tmp/s7-runs}
+LIMIT=${LIMIT:-480}                       # seconds each run may take (the whole session: about 8 minutes)
+CORES=$(nproc); WORKERS=${WORKERS:-$(( CORES / 4 > 1 ? CORES / 4 - 1 : 1 ))}   # per run: its share less the trainer
+quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--train-subset 2000 --test-subset 500 --epochs 1)
+epochs() { [ -n "${1:-}" ] && echo "--epochs $1"; }
+{ nvidia-smi || true; echo "cores: $CORES, loader workers per run: $WORKERS"; python3 -c "import sys, torch, accelerate, timm, albumentations, numpy
+print(sys.version); print('torch', torch.__version__, 'accelerate', accelerate.__version__, 'timm', timm.__version__,
+      'albumentations', albumentations.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
+python3 -m trainer.cli stats --data "$DATA" --data-dir "$DD" > "$OUT/stats.txt" 2>&1
+run() {  # name, model, config, extra trainer flags...
+    local name=$1 model=$2 config=$3; shift 3
+    timeout "$LIMIT" python3 benchmarks/time_to_accuracy.py --model "$model" --config "$config" --data "$DATA" \
+        --data-dir "$DD" --out "$RUNS" --name "$name" -- --workers "$WORKERS" "$@" "${quick[@]}" > "$OUT/$name.log" 2>&1
+    cat "$RUNS/$name/time_to_accuracy.json" 2>/dev/null | python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)))" \
+        >> "$OUT/time_to_accuracy.jsonl"
+}
+# shellcheck disable=SC2046  # epochs() prints two words or none
+{
+    run s7-short s7 configs/s7.yaml $(epochs "${SHORT_EPOCHS:-}") &
+    run s7-long s7 configs/s7_long.yaml $(epochs "${LONG_EPOCHS:-}") &
+    run s7_strided s7_strided configs/s7_strided.yaml $(epochs "${STRIDED_EPOCHS:-}") &
+    run s7_dilated s7_dilated configs/s7_dilated.yaml $(epochs "${DILATED_EPOCHS:-}") &
+    wait
+}
+for d in "$RUNS"/*/; do python3 -m trainer.cli report "$d" >> "$OUT/reports.log" 2>&1; done
+tar czf "$OUT/results.tar.gz" --exclude=checkpoints --exclude=wandb -C "$RUNS" .
+nvidia-smi --query-gpu=name,memory.used --format=csv >> "$OUT/env.txt" 2>&1
+ls -la "$OUT"; tail -n 4 "$OUT"/*.log
