@@ -5,6 +5,7 @@ results/ablations/ (metrics.jsonl, config.yaml, summary.txt), so no figure in it
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,22 +17,26 @@ RECIPE_KEYS = ("optimizer", "lr", "batch_size", "momentum", "weight_decay", "lab
 
 
 def table(folder: Path = ROOT / "results" / "ablations") -> str:
-    """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures."""
+    """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures,
+    and the machine (run_info.json's "where": img/s compare only within one machine)."""
     from trainer.config import TrainConfig
     from trainer.report import run_results
 
     default = TrainConfig()
     lines = ["| run | net | params | recipe (differences from the trainer defaults) | epochs | val acc | "
-             "test acc, no TTA | test acc, flip TTA | train img/s (mean) | source |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "test acc, no TTA | test acc, flip TTA | train img/s (mean) | where | source |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()):
         res = run_results(run)
         cfg, final = res["config"], res["rows"][-1]
         recipe = ", ".join(f"{k} {cfg[k]}" for k in RECIPE_KEYS if k in cfg and getattr(default, k) != cfg[k])
         speed = sum(r["images_per_second"] for r in res["rows"]) / len(res["rows"])
+        val = "– (no split)" if final.get("val_acc") is None else f"{final['val_acc']:.2f}%"
+        info = run / "run_info.json"
+        where = json.loads(info.read_text()).get("where", "?") if info.is_file() else "?"
         lines.append(f"| {run.name} | `{cfg['model']}` | {res['parameters']:,} | {recipe or 'defaults'} | "
-                     f"{final['epoch']} | {final['val_acc']:.2f}% | {final['test_acc']:.2f}% | "
-                     f"{final['test_acc_tta']:.2f}% | {speed:.0f} | "
+                     f"{final['epoch']} | {val} | {final['test_acc']:.2f}% | "
+                     f"{final['test_acc_tta']:.2f}% | {speed:.0f} | {where} | "
                      f"[metrics.jsonl](../results/ablations/{run.name}/metrics.jsonl) |")
     return "\n".join(lines)
 
