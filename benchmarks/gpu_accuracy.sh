@@ -13,7 +13,7 @@
 #        (configs/s7_cand_a_strided.yaml, configs/s7_cand_a_dilated.yaml).
 #      A candidate that reaches its target replaces the registered net, with the weights of that run.
 # Every figure is the final epoch's (no selection on the test split), with and without flip TTA.
-# QUICK=1 shrinks every run to one epoch on a subset, to rehearse the script on a CPU.
+# QUICK=1 shrinks every run to one epoch of batch 128 on a subset, to rehearse the script on a CPU.
 # *_EPOCHS override a recipe's epochs (e.g. when a rehearsal shows the budget does not fit).
 set -u
 OUT=${OUT:-/tmp/s7-out}; mkdir -p "$OUT"
@@ -25,7 +25,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFER
 DATA=${DATA:-.gpu/cifar10-jpeg.tar.gz} DD=${DD:-/tmp/s7-data} RUNS=${RUNS:-/tmp/s7-runs}
 LIMIT=${LIMIT:-480}                       # seconds each run may take (the whole session: about 8 minutes)
 CORES=$(nproc); WORKERS=${WORKERS:-$(( CORES / 4 > 1 ? CORES / 4 - 1 : 1 ))}   # per run: its share less the trainer
-quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--train-subset 2000 --test-subset 500 --epochs 1)
+quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--train-subset 2000 --test-subset 500 --epochs 1 --batch-size 128)
 epochs() { [ -n "${1:-}" ] && echo "--epochs $1"; }
 { nvidia-smi || true; echo "cores: $CORES, loader workers per run: $WORKERS"; python3 -c "import sys, torch, accelerate, timm, albumentations, numpy
 print(sys.version); print('torch', torch.__version__, 'accelerate', accelerate.__version__, 'timm', timm.__version__,
