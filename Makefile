@@ -7,7 +7,9 @@ ARGS    ?=
 CONFIG  ?= accelerate_config.yaml
 MODEL   ?= s7
 
-.PHONY: train test install clean readme
+DATA    ?= ../shared/data/cifar10-jpeg.tar.gz
+
+.PHONY: train test install clean readme shipped-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,4 +32,10 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 readme: $(STAMP)
+	$(BIN)/python scripts/build_readme.py
+
+# results/explain, results/export and results/robustness for the shipped weights, then the README (slow on a CPU:
+# the robustness of three nets on 10,000 test images; rerun whenever models/weights/ changes).
+shipped-results: $(STAMP)
+	$(BIN)/python benchmarks/shipped_nets.py --data $(DATA) --data-dir data
 	$(BIN)/python scripts/build_readme.py

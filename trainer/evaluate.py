@@ -12,6 +12,7 @@ from trainer.checkpoint import WEIGHTS_DIR, CheckpointError, load_weights
 from trainer.dataset import load_data
 from trainer.loop import normalize
 from trainer.report import per_class_markdown
+from trainer.tracking import weights_path
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_MEAN = [125.307, 122.950, 113.865]  # original CIFAR-10 training split, pixel units
@@ -29,8 +30,9 @@ def _weights_file(path: Path) -> Path:
 
 
 def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The model with its weights and its meta (classes, mean, std), all without unpickling."""
-    weights = _weights_file(Path(path))
+    """The model with its weights and its meta (classes, mean, std), all without unpickling. `path`: a run
+    folder, weights folder or .safetensors file, or a W&B model artifact (`entity/project/name:alias`)."""
+    weights = _weights_file(weights_path(path))  # a W&B artifact reference is downloaded first (online)
     state, meta = load_weights(weights)
     stored = meta.get("model")
     if model_name and stored and model_name != stored:  # s7 and s7_dilated share every tensor shape
@@ -49,19 +51,36 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
     return model.eval(), {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, **meta, "model": name, "classes": classes}
 
 
+def normalized_batches(images: np.ndarray, mean, std, batch_size: int = 500):
+    """uint8 NHWC images as normalised float NCHW (channels-last) batches, in order."""
+    for i in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2), mean, std)
+        yield x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def logits_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 500) -> np.ndarray:
+    """Plain (no TTA) logits of uint8 NHWC images: what the class maps, the ONNX export and the robustness
+    report are checked against."""
+    return np.concatenate([model(x).numpy() for x in normalized_batches(images, mean, std, batch_size)])
+
+
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std,
                     batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of uint8 NHWC images, without and with flip TTA (one pass over each image and
     one over its mirror serve both)."""
     plain, tta = [], []
-    for i in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2), mean, std)
-        x = x.contiguous(memory_format=torch.channels_last)
+    for x in normalized_batches(images, mean, std, batch_size):
         logits, mirrored = model(x), model(x.flip(3))
         plain.append(logits.softmax(1).numpy())
         tta.append(((logits + mirrored) / 2).softmax(1).numpy())
     return np.concatenate(plain), np.concatenate(tta)
+
+
+def data_source(source: str, data: str | None) -> str:
+    """A CifarData source with the path as the user named it (the loader resolves it), for committed files."""
+    return source.replace(str(Path(data).expanduser().resolve()), data) if data else source
 
 
 def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
@@ -78,7 +97,8 @@ def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str
     return 0
 
 
-def _read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> np.ndarray:
+    """An image file as 32x32 RGB uint8 (any size or mode; resized bilinearly), as `s7 predict` reads it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -86,7 +106,7 @@ def _read_image(path: str) -> np.ndarray:
             img = img.convert("RGB")
             if img.size != (32, 32):
                 img = img.resize((32, 32), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return np.array(img, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
@@ -96,7 +116,7 @@ def _read_image(path: str) -> np.ndarray:
 def predict_command(path: str, images: list[str], model_name: str | None) -> int:
     """`s7 predict`: class and probability per image (mean of the image's and its mirror's logits)."""
     model, meta = load_classifier(path, model_name)
-    batch = np.stack([_read_image(p) for p in images])
+    batch = np.stack([read_image(p) for p in images])
     probs = predict_batches(model, batch, meta["mean"], meta["std"])[1]
     for p, row in zip(images, probs):
         k = int(row.argmax())

@@ -2,7 +2,9 @@
 
 Inputs: config.yaml, metrics.jsonl, rules.md, train.log, summary.txt, receptive_field.md, augmentation.txt,
 model/meta.json (best/meta.json in older runs) and predictions.npz (the shipped epoch's test predictions and
-misclassified images). Outputs: loss.png, accuracy.png, per_class.md, misclassified.png, report.md.
+misclassified images), with model/model.safetensors for the class maps of the most confident mistakes
+(kept in mistake_maps.npz). Outputs: loss.png, accuracy.png, per_class.md, misclassified.png,
+mistake_maps.png, report.md.
 
 Honest numbers (issue 8): the headline is the final epoch's test accuracy, with and without flip TTA; the
 shipped weights are the final epoch's, or the best validation epoch's when the run holds out a validation
@@ -367,8 +369,25 @@ def _rules_section(rules_md: str | None) -> str:
     return re.sub(r"^(#+ )", r"##\1", rules_md, flags=re.M)  # its headings sit under this section's
 
 
+def _mistake_maps_section(run_dir: Path) -> str:
+    """The grid of the most confident mistakes with their class activation maps (trainer/explain.py): the
+    maps are computed from the run's shipped weights and predictions.npz into mistake_maps.npz, which a
+    folder without weights still draws from."""
+    from trainer.explain import MISTAKE_MAPS_NPZ, mistake_maps_png, save_mistake_maps
+
+    save_mistake_maps(run_dir)
+    if mistake_maps_png(run_dir) is not None:
+        return ("Most confident mistakes, with the class activation map (the class map entering GAP, "
+                "upsampled) of the class each was taken for and of its true class:\n\n"
+                "![most confident mistakes with their class maps](mistake_maps.png)")
+    if (run_dir / MISTAKE_MAPS_NPZ).is_file():
+        return "(no misclassified test images: no class maps to show)"
+    return "(no class maps: the run folder has no predictions.npz or no shipped weights with a class map)"
+
+
 def build_report(run_dir: Path) -> dict[str, Any]:
-    """Write loss.png, accuracy.png, per_class.md, misclassified.png and report.md; return `run_results`."""
+    """Write loss.png, accuracy.png, per_class.md, misclassified.png, mistake_maps.png and report.md;
+    return `run_results`."""
     run_dir = Path(run_dir)
     res = run_results(run_dir)
     rows, cfg, meta = res["rows"], res["config"], res["meta"]
@@ -383,6 +402,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         per_class = per_class_markdown(pred["preds"], pred["labels"], [str(c) for c in pred["classes"]])
         (run_dir / "per_class.md").write_text(f"# Per-class test accuracy ({per_class_title})\n\n{per_class}\n")
         _misclassified_png(pred, run_dir / "misclassified.png")
+    mistake_maps = _mistake_maps_section(run_dir)
     data = meta.get("data", cfg.get("data") or "CIFAR-10 (torchvision)")
     text = f"""# Report: {run_dir.name} — rules: {rules_label(res["rules_failed"])}
 
@@ -405,6 +425,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
 {per_class}
 
 ![misclassified](misclassified.png)
+
+{mistake_maps}
 
 ## Model summary (torchinfo)
 
