@@ -1,4 +1,5 @@
-"""`s7`: the project's command-line tools (check, summary, stats, show-augment, evaluate, predict, report)."""
+"""`s7`: the project's command-line tools (check, summary, stats, show-augment, evaluate, predict, report, explain,
+export, robustness, compare, sweep)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("evaluate", help="test and per-class accuracy of a run folder or checkpoint")
-    ev.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights")
+    ev.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights, or (W&B online) a "
+                                       "model artifact: ENTITY/PROJECT/NAME:ALIAS or wandb-artifact://...")
     _add_data_args(ev)
     ev.add_argument("--model", default=None, help="model name when the weights file does not say it")
     ev.add_argument("--batch-size", type=int, default=500)
@@ -52,6 +54,75 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild plots and report.md of a run folder from its files alone")
     rp.add_argument("run_dir")
+
+    ex = sub.add_parser("explain", help="PNG: images with the class activation maps of their top classes",
+                        description="Per image: the image, its true class when known, and the class activation "
+                                    "maps of its top classes (the class map entering global average pooling, "
+                                    "upsampled to 32x32 and overlaid; its mean is the logit). Plain forward pass, "
+                                    "no TTA.")
+    ex.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights")
+    ex.add_argument("images", nargs="+", help="image files (any size, resized to 32x32 RGB as `s7 predict` does)")
+    ex.add_argument("--out", required=True, help="PNG to write")
+    ex.add_argument("--top", type=int, default=3, help="classes shown per image, 1-3 (default 3)")
+    ex.add_argument("--labels", default=None,
+                    help="true classes, comma-separated, one per image ('-' = unknown); default: the image's folder "
+                         "name when it is a class name (as in DATA/test/<class>/), else unknown")
+    ex.add_argument("--model", default=None, help="model name when the weights file does not say it")
+
+    xp = sub.add_parser("export", help="ONNX file with normalisation inside and a dynamic batch axis",
+                        description="Input 'image': uint8 RGB pixels, NHWC (N, 32, 32, 3), 0-255, any batch size; "
+                                    "the mean/std the weights were trained with are applied inside the graph. "
+                                    "Output 'logits': (N, classes), no TTA. Class names, mean and std are in the "
+                                    "model's metadata (custom_metadata_map). Exported with torch's dynamo exporter.")
+    xp.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights")
+    xp.add_argument("--onnx", required=True, help="ONNX file to write (FILE.onnx)")
+    xp.add_argument("--int8", action="store_true",
+                    help="also write FILE.int8.onnx, static int8 (onnxruntime.quantization, calibrated on 1,000 "
+                         "training images: needs --data)")
+    xp.add_argument("--data", default=None,
+                    help="image-folder tree or archive (as for evaluate): measure each file on its test split "
+                         "(accuracy, largest logit difference to PyTorch, CPU latency) into FILE.json, and "
+                         "calibrate --int8 on its training split (default: export only)")
+    xp.add_argument("--data-dir", default="./data", help="where downloads and decoded caches go (default ./data)")
+    xp.add_argument("--model", default=None, help="model name when the weights file does not say it")
+
+    rb = sub.add_parser("robustness", help="test accuracy under 6 corruptions at 3 severities (table, JSON, plot)",
+                        description="Accuracy (no TTA) on the test split under Gaussian noise, Gaussian blur, JPEG, "
+                                    "brightness, contrast and pixelation at 3 fixed severities each, built from "
+                                    "albumentations and seeded; writes OUT/<model>.json, .md and .png.")
+    rb.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights")
+    _add_data_args(rb)
+    rb.add_argument("--out", default="robustness", help="folder for <model>.json/.md/.png (default ./robustness)")
+    rb.add_argument("--limit", type=int, default=0, help="a fixed random subset of N test images (default 0: all)")
+    rb.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
+    rb.add_argument("--model", default=None, help="model name when the weights file does not say it")
+
+    cp = sub.add_parser("compare", help="table and overlaid test curves of run folders, offline",
+                        description="From the run folders alone (metrics.jsonl, config.yaml, rules.md, summary.txt, "
+                                    "receptive_field.md, train.log, run_info.json), no W&B server: model, recipe, "
+                                    "params, RF, epochs, final and best test accuracy without and with flip TTA "
+                                    "(best = the epoch with the highest test accuracy, picked on the test split: "
+                                    "for reference only), epoch and seconds to the run's target accuracy, img/s, "
+                                    "device, rule check; "
+                                    "and one figure with every run's test accuracy and loss per epoch. A W&B "
+                                    "offline run folder (RUN/wandb/offline-run-*) is read through the run folder "
+                                    "that holds it, which has the same epochs: wandb ships no reader for its "
+                                    ".wandb log, so one copied away from its run folder is refused.")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (or W&B offline run folders in them)")
+    cp.add_argument("--out", default="compare.png", help="PNG of the overlaid curves (default compare.png)")
+
+    sw = sub.add_parser("sweep", help="run a W&B sweep file's search space here, trial after trial",
+                        usage="s7 sweep SWEEP.yaml [--trials N] [--out DIR] [--seed S] [-- TRAINER FLAGS...]",
+                        description="For a machine without a W&B server: each trial draws the sweep file's "
+                                    "parameters at random (seeded; not bayes, no early termination), runs the "
+                                    "command line the W&B agent would build from the file's `command`, plus the "
+                                    "trainer flags after `--`, as a normal run folder OUT/trial-NN; then prints "
+                                    "`s7 compare` of the trials and draws OUT/compare.png. Each trial's values and "
+                                    "command go to OUT/trials.jsonl.")
+    sw.add_argument("sweep_file", help="W&B sweep YAML (program, parameters, command), e.g. configs/sweep.yaml")
+    sw.add_argument("--trials", type=int, default=4, help="number of trials (default 4)")
+    sw.add_argument("--out", default=None, help="folder of the trial run folders (default runs/sweep-<file>-<time>)")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the parameter draws (default 0)")
     return p
 
 
@@ -127,6 +198,10 @@ def show_augment_command(data: str | None, data_dir: str, out: str, n: int, draw
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer_flags: list[str] = []
+    if argv[:1] == ["sweep"] and "--" in argv:  # `s7 sweep ... -- FLAGS`: FLAGS go to every trial, unparsed
+        argv, trainer_flags = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
@@ -148,6 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from trainer.report import report_command
             return report_command(args.run_dir)
+        if args.command == "explain":
+            from trainer.explain import explain_command
+            return explain_command(args.checkpoint, args.images, args.out, args.top, args.labels, args.model)
+        if args.command == "export":
+            from trainer.export import export_command
+            return export_command(args.checkpoint, args.onnx, args.int8, args.model, args.data, args.data_dir)
+        if args.command == "robustness":
+            from trainer.robustness import robustness_command
+            return robustness_command(args.checkpoint, args.data, args.data_dir, args.out, args.limit, args.seed,
+                                      args.model)
+        if args.command == "compare":
+            from trainer.compare import compare_command
+            return compare_command(args.run_dirs, args.out)
+        if args.command == "sweep":
+            from trainer.sweep import run_sweep
+            return run_sweep(args.sweep_file, args.trials, args.out, args.seed, trainer_flags)
     except (FileNotFoundError, ValueError) as e:  # user-facing input errors: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

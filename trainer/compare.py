@@ -1,0 +1,185 @@
+"""`s7 compare RUN_DIR...`: runs side by side, from their run folders alone (offline, no W&B server).
+
+Each run's figures come from `trainer.report.run_results` (the same reading `s7 report` makes: final epoch,
+time to the target, rules, parameters, receptive field); this module adds only what a comparison needs:
+the best epoch's test accuracy (picked on the test split, so shown for reference only), the mean training
+throughput, the device, and one figure with every run's test curves overlaid.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from trainer.report import _series, pct, rules_label, run_results
+
+BEST_LABEL = "best (picked on test, for reference only)"
+LEGEND = ("final = the last epoch's test accuracy (the headline); best = the highest test accuracy of any epoch, "
+          "which picks the epoch on the test split: for reference only, never a result. No TTA / flip TTA: "
+          "plain forward pass / mean logits of the image and its mirror. Target reached: the first epoch at or "
+          "above the run's target_acc, and its wall-clock seconds from process start. img/s: training images per "
+          "second (all processes), averaged over the epochs. – = not measured.")
+
+
+def find_run_dir(path: Path) -> Path:
+    """The run folder `path` names: the folder itself, or for a W&B offline run folder inside a run folder
+    (RUN/wandb/offline-run-*), the run folder that holds it. A W&B folder on its own is refused (see
+    `compare --help`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder")
+    for folder in (path, *path.parents):
+        if (folder / "metrics.jsonl").is_file():
+            if folder != path and "wandb" not in path.relative_to(folder).parts:
+                break  # a subfolder of a run folder that is not its W&B folder (checkpoints/, model/)
+            return folder
+    if list(path.glob("*.wandb")) or list(path.glob("*/*.wandb")):
+        raise ValueError(f"{path}: a W&B offline run outside its run folder; pass the run folder that holds it "
+                         "(wandb ships no reader for .wandb files)")
+    raise FileNotFoundError(f"{path}: not a run folder (no metrics.jsonl)")
+
+
+def _best(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return max(values) if values else None
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+DEVICES_LINE = re.compile(r"devices: (\d+) x (.+?), DistributedType\.(\w+), precision (\w+)")
+
+
+def run_device(run_dir: Path) -> str:
+    """Where the run trained: run_info.json's "where" (written for committed runs), else the last "devices:"
+    line of train.log (a resumed run logs one per launch), else the process count in the last checkpoint's
+    state.json; "?" when none says."""
+    run_dir = Path(run_dir)
+    info = run_dir / "run_info.json"
+    where = json.loads(info.read_text()).get("where") if info.is_file() else None
+    if where:
+        return where
+    log = run_dir / "train.log"
+    found = DEVICES_LINE.findall(log.read_text()) if log.is_file() else []
+    if found:
+        n, device, _, precision = found[-1]
+        return f"{n} x {device}, {'fp32' if precision == 'no' else precision}"
+    latest = run_dir / "checkpoints" / "latest"
+    state = latest.parent / latest.read_text().strip() / "state.json" if latest.is_file() else None
+    processes = json.loads(state.read_text()).get("num_processes") if state and state.is_file() else None
+    return f"{processes} process(es)" if processes else "?"
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """`run_results` of the run folder plus best_test_acc, best_test_acc_tta (max over epochs),
+    images_per_second (mean over epochs), device and path."""
+    run_dir = find_run_dir(run_dir)
+    res = run_results(run_dir)
+    rows = res["rows"]
+    return {**res, "path": run_dir, "best_test_acc": _best(rows, "test_acc"),
+            "best_test_acc_tta": _best(rows, "test_acc_tta"), "images_per_second": _mean(rows, "images_per_second"),
+            "device": run_device(run_dir)}
+
+
+def short_labels(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of each path that tell the runs apart (folder names when they differ)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = 1
+    while depth < max(map(len, parts)) and len({p[-depth:] for p in parts}) < len(parts):
+        depth += 1
+    return ["/".join(p[-depth:]) for p in parts]
+
+
+def _reached(res: dict[str, Any], suffix: str, show_target: bool) -> str:
+    """"epoch 3, 12.0 s", "not in 20 epochs", or "–" when that test figure was not measured."""
+    if res["final_test_acc" + suffix] is None:
+        return "–"
+    epoch = res["epoch_to_target" + suffix]
+    text = f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {res['epochs']} epochs"
+    return f"{res['target_acc']:g}%: {text}" if show_target else text
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else pct(value)
+
+
+def compare_table(runs: list[dict[str, Any]], labels: list[str] | None = None) -> str:
+    """Markdown table of `summarize` results, one row per run, with its legend below. A column of final
+    validation accuracy appears when any run holds out a validation split."""
+    labels = labels or short_labels([r["path"] for r in runs])
+    targets = {r["target_acc"] for r in runs}
+    target = f"{next(iter(targets)):g}%" if len(targets) == 1 else "target"
+    with_val = any(r["final_val_acc"] is not None for r in runs)
+    head = ["run", "model", "recipe", "params", "RF", "epochs", "final test acc, no TTA", "final test acc, flip TTA",
+            f"{BEST_LABEL}, no TTA", f"{BEST_LABEL}, flip TTA"]
+    head += ["final val acc, no TTA"] if with_val else []
+    head += [f"{target} reached, no TTA", f"{target} reached, flip TTA", "img/s", "device", "rules"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in zip(labels, runs):
+        cfg = r["config"]
+        cells = [label, cfg.get("model", "?"), cfg.get("recipe") or "custom",
+                 f"{r['parameters']:,}" if r["parameters"] else "?", str(r["receptive_field"] or "?"),
+                 str(r["epochs"]), _cell(r["final_test_acc"]), _cell(r["final_test_acc_tta"]),
+                 _cell(r["best_test_acc"]), _cell(r["best_test_acc_tta"])]
+        cells += [_cell(r["final_val_acc"])] if with_val else []
+        cells += [_reached(r, "", len(targets) > 1), _reached(r, "_tta", len(targets) > 1),
+                  "–" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}", r["device"],
+                  rules_label(r["rules_failed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + LEGEND
+
+
+def curves_figure(runs: list[dict[str, Any]], labels: list[str] | None = None):
+    """One matplotlib figure, two panels: every run's test accuracy and test loss per epoch, overlaid; solid
+    without TTA, dashed with flip TTA (a run that measured only one of them draws only that one). Each line's
+    label is the run's, plus ", flip TTA" for the dashed one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or short_labels([r["path"] for r in runs])
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, r) in enumerate(zip(labels, runs)):
+        epochs = [row["epoch"] for row in r["rows"]]
+        colour = colours[i % len(colours)]
+        for ax, keys in ((acc_ax, ("test_acc", "test_acc_tta")), (loss_ax, ("test_loss", "test_loss_tta"))):
+            for key, style in zip(keys, ("-", "--")):
+                values = _series(r["rows"], key)
+                if values is not None:
+                    ax.plot(epochs, values, style, color=colour, marker="o", markersize=2,
+                            label=f"{label}{', flip TTA' if key.endswith('_tta') else ''}")
+    for ax, ylabel in ((acc_ax, "test accuracy (%)"), (loss_ax, "test loss (cross-entropy)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    fig.suptitle("test curves: solid = no TTA, dashed = flip TTA", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(runs: list[dict[str, Any]], path: Path, labels: list[str] | None = None) -> None:
+    """`curves_figure` saved as a PNG."""
+    fig = curves_figure(runs, labels)
+    import matplotlib.pyplot as plt  # after curves_figure chose the Agg backend
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def compare_command(run_dirs: list[str], out: str | None) -> int:
+    """`s7 compare`: print the table; draw the curves to `out` (a PNG) unless it is None."""
+    if not run_dirs:
+        raise ValueError("name at least one run folder")
+    runs = [summarize(Path(d)) for d in run_dirs]
+    print(compare_table(runs))
+    if out:
+        plot_curves(runs, Path(out))
+        print(f"\nwrote {out}")
+    return 0
