@@ -1,19 +1,28 @@
-"""Time to accuracy: run trainer/main.py (one process, W&B disabled), then print per-epoch test accuracy
-(without and with flip TTA) with cumulative wall time, the time to the target, the final epoch's accuracy, and
-where the time went.
+"""Time to accuracy, the one speed harness: run trainer/main.py (one process, W&B disabled), print per-epoch test
+accuracy (without and with flip TTA) with the wall time since the trainer process started, the time to the target,
+the final epoch's accuracy and where the time went, then ONE JSON line with the run's speed figures.
 
     python3 benchmarks/time_to_accuracy.py --model s7 --data cifar10-jpeg.tar.gz [--config configs/s7.yaml]
-        [--throughput] [-- extra trainer flags]
+        [--throughput] [--device cpu] [--out-jsonl FILE] [-- extra trainer flags]
+
+The JSON line (also appended to --out-jsonl, and written indented to RUN/time_to_accuracy.json) holds:
+seconds_to_target / epoch_to_target (first epoch whose test accuracy without TTA reaches --target, counted from
+the trainer's process start; null if never), epochs, loop_images_per_s (training images per second of the
+training loop, median of the epochs after the first), startup_seconds and startup_phases (process start to the
+end of the first training step, from RUN/startup.json), device, precision, batch_size, compile, channels_last
+and the other speed options as the run used them. --throughput adds, measured in this process after the run:
+step_images_per_s (the bare training step on a device-resident batch, with the run's layout, precision, batch
+size and compile mode) and loader_images_per_s (the run's training loader, with its workers).
+--device cpu hides any GPU from the run and from these measurements (CUDA_VISIBLE_DEVICES="").
 
 On a GPU machine without albumentations/torchinfo, install the wheels first (see benchmarks/README.md).
---throughput also measures, in this process, the bare training loader (images/s with the run's workers)
-and the bare GPU training step on a device-resident batch, so loader and step speeds sit side by side.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +30,37 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Every line has these keys (null when that line did not measure them), so one table reads them all.
+LINE_KEYS = ("kind", "run", "model", "recipe", "device", "processes", "precision", "batch_size", "peak_lr",
+             "lr_scaling", "compile", "channels_last", "cudnn_benchmark", "non_blocking", "workers", "threads",
+             "target", "epochs", "epoch_to_target", "seconds_to_target", "epoch_to_target_tta",
+             "seconds_to_target_tta", "final_test_acc", "final_test_acc_tta", "startup_seconds", "startup_phases",
+             "first_step_excess_seconds", "step_images_per_s", "loop_images_per_s", "loader_images_per_s",
+             "train_seconds", "data_wait_seconds", "test_seconds", "process_wall_seconds", "exit_code")
+
+
+def line(**values) -> dict:
+    """One JSON line: LINE_KEYS in order, null where not measured, then any extra keys."""
+    return {**{k: values.pop(k, None) for k in LINE_KEYS}, **values}
+
+
+def emit(record: dict, out_jsonl: str | None) -> None:
+    """Print the record as one JSON line and append it to `out_jsonl`."""
+    text = json.dumps(record)
+    print(text, flush=True)
+    if out_jsonl:
+        Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        with open(out_jsonl, "a") as f:
+            f.write(text + "\n")
+
+
+def device_env(device: str) -> dict[str, str]:
+    """The environment of this process and its children: --device cpu hides every GPU."""
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, float, int]:
@@ -34,12 +74,18 @@ def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, floa
     cmd += extra
     print("$", " ".join(cmd), flush=True)
     start = time.time()
-    rc = subprocess.call(cmd)
+    rc = subprocess.call(cmd, env=device_env(args.device))
     return Path(args.out) / name, time.time() - start, rc
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def loop_images_per_s(rows: list[dict]) -> float:
+    """Training images per second of the loop: the median epoch after the first (which pays the warm-up), or the
+    only epoch."""
+    return statistics.median(r["images_per_second"] for r in (rows[1:] or rows))
 
 
 def print_table(run_dir: Path, target: float) -> dict:
@@ -67,7 +113,8 @@ def print_table(run_dir: Path, target: float) -> dict:
         "train_seconds": sum(r["train_seconds"] for r in rows),
         "data_wait_seconds": sum(r.get("data_wait_seconds", 0.0) for r in rows),
         "test_seconds": sum(r["test_seconds"] + r.get("val_seconds", 0.0) for r in rows),  # all evaluation
-        "startup_seconds": rows[0]["wall_seconds"] - rows[0]["epoch_seconds"],
+        "startup_seconds": rows[0]["wall_seconds"] - rows[0]["epoch_seconds"],  # runs without startup.json
+        "loop_images_per_s": loop_images_per_s(rows),
     }
     print()
     for how, suffix in (("no TTA", ""), ("flip TTA", "_tta")):
@@ -80,61 +127,135 @@ def print_table(run_dir: Path, target: float) -> dict:
     return out
 
 
-def measure_throughput(run_dir: Path, batches: int = 60) -> dict:
-    """Bare loader images/s (the run's recipe and workers) and bare training-step images/s on the device."""
+def run_facts(run_dir: Path) -> dict:
+    """What the run used (RUN/config.yaml, RUN/startup.json): speed options, device, precision, peak lr, and
+    its start-up to the end of the first training step."""
+    from trainer.config import TrainConfig
+    from trainer.main import STARTUP_FILE
+
+    cfg = TrainConfig.load(run_dir / "config.yaml")
+    facts = {"model": cfg.model, "recipe": cfg.recipe, "batch_size": cfg.batch_size, "compile": cfg.compile,
+             "channels_last": cfg.channels_last, "cudnn_benchmark": cfg.cudnn_benchmark,
+             "non_blocking": cfg.non_blocking, "lr_scaling": cfg.lr_scaling}
+    path = run_dir / STARTUP_FILE
+    if path.is_file():
+        s = json.loads(path.read_text())
+        facts.update({k: s[k] for k in ("device", "processes", "precision", "peak_lr", "workers", "threads")},
+                     startup_seconds=s["seconds"], startup_phases=s["phases"],
+                     first_step_excess_seconds=s["first_step_excess_seconds"])
+    return facts
+
+
+# ---------------------------------------------------------------- bare speeds, measured in this process
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of a resolved precision ("no", "fp16", "bf16"); None for fp32."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps: int = 50,
+               warmup: int = 10) -> dict:
+    """Images/s of the bare training step of cfg's net, as the loop runs it on a device-resident uint8 batch
+    (normalise, layout, autocast forward and loss, backward, optimizer step; fp16 with a grad scaler), with cfg's
+    --channels-last, --compile and --cudnn-benchmark; the first warm-up step's seconds include the compile."""
     import timm
     import torch
 
-    from trainer.loop import normalize
-    from trainer.config import TrainConfig
-    from trainer.loader import resolve_workers
-    from trainer.main import build_inputs, make_accelerator, make_optimizer, pick_precision
+    import models  # noqa: F401  (registers the nets)
+    from trainer.loop import pixel_stats, prepare_batch
+    from trainer.main import compile_model, make_optimizer
 
-    cfg = TrainConfig.load(run_dir / "config.yaml")
-    inp = build_inputs(cfg, make_accelerator(cfg))  # the run's own data, statistics, augmentation and loader
-    data, mean, std, loader = inp.data, inp.mean, inp.std, inp.train_loader
-    cuda = torch.cuda.is_available()
+    device = x8.device
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    torch.manual_seed(cfg.seed)
+    model = timm.create_model(cfg.model, num_classes=num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model)
+    step_model = compile_model(model, cfg.compile)
+    dtype = autocast_dtype(precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mean_t, std_t = pixel_stats(mean, std, device)
+
+    def step():
+        x = prepare_batch(x8, mean_t, std_t, cfg.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = crit(step_model(x), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model.train()
+    t = time.perf_counter()
+    step()
+    synchronize()
+    first = time.perf_counter() - t
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    return {"step_images_per_s": steps * len(y) / (time.perf_counter() - t), "first_step_seconds": first}
+
+
+def loader_speed(loader, batches: int = 60) -> float:
+    """Images/s of a loader after its first batch (worker start-up excluded)."""
     it = iter(loader)
-    next(it)  # workers started
+    next(it)
     t = time.perf_counter()
     n = 0
     for _ in range(min(batches, len(loader) - 1)):
         n += len(next(it)[1])
-    loader_ips = n / (time.perf_counter() - t)
-    del it, loader
+    return n / (time.perf_counter() - t)
 
-    device = torch.device("cuda" if cuda else "cpu")
-    model = timm.create_model(cfg.model).to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model)
-    x8 = torch.from_numpy(data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
-    y = torch.from_numpy(data.train_y[:cfg.batch_size]).to(device)
+
+def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> dict:
+    """Bare loader images/s (the run's recipe and workers) and bare training-step images/s on this device, with
+    the run's speed options."""
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.loader import resolve_workers
+    from trainer.main import build_inputs, make_accelerator, pick_precision
+
+    cfg = TrainConfig.load(run_dir / "config.yaml")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    inp = build_inputs(cfg, make_accelerator(cfg))  # the run's own data, statistics, augmentation and loader
+    loader_ips = loader_speed(inp.train_loader, batches)
+    del inp.train_loader
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x8 = torch.from_numpy(inp.data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
+    y = torch.from_numpy(inp.data.train_y[:cfg.batch_size]).to(device)
     prec = pick_precision(cfg.mixed_precision)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    def step():
-        x = normalize(x8, mean, std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = crit(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(10):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(batches):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    step_ips = batches * cfg.batch_size / (time.perf_counter() - t)
+    step = step_speed(cfg, x8, y, inp.mean, inp.std, prec, len(inp.data.classes), steps=batches,
+                      warmup=warmup)
     out = {"loader_workers": resolve_workers(cfg.workers), "loader_images_per_s": loader_ips,
-           "step_images_per_s": step_ips, "precision": prec, "batch_size": cfg.batch_size,
-           "device": torch.cuda.get_device_name() if cuda else "CPU"}
+           "step_images_per_s": step["step_images_per_s"], "precision": prec, "batch_size": cfg.batch_size,
+           "device": device_name(device)}
     print(f"\nthroughput: loader {loader_ips:,.0f} img/s ({out['loader_workers']} workers) | "
-          f"training step {step_ips:,.0f} img/s ({prec}, batch {cfg.batch_size}, {out['device']})")
+          f"training step {out['step_images_per_s']:,.0f} img/s ({prec}, batch {cfg.batch_size}, "
+          f"compile {cfg.compile}, channels_last {cfg.channels_last}, {out['device']})")
     return out
 
 
@@ -147,22 +268,27 @@ def main() -> int:
     p.add_argument("--out", default="runs")
     p.add_argument("--name", default=None)
     p.add_argument("--target", type=float, default=87.0)
+    p.add_argument("--device", choices=("auto", "cpu"), default="auto",
+                   help="auto: the GPU when there is one; cpu: hide every GPU from the run and the measurements")
     p.add_argument("--throughput", action="store_true", help="also measure bare loader and step speed")
+    p.add_argument("--batches", type=int, default=60, help="timed batches of each --throughput measurement")
+    p.add_argument("--warmup", type=int, default=10, help="untimed training steps before the timed ones")
+    p.add_argument("--out-jsonl", default=None, help="append the JSON line to this file")
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
+    os.environ.update(device_env(args.device))  # before torch is imported, for --throughput
     run_dir, wall, rc = run_training(args, extra)
     if not (run_dir / "metrics.jsonl").is_file():
         print(f"error: training wrote no metrics (exit {rc})", file=sys.stderr)
         return rc or 1
     out = print_table(run_dir, args.target)
-    out["process_wall_seconds"] = wall
-    out["exit_code"] = rc
+    out.update(run_facts(run_dir), process_wall_seconds=wall, exit_code=rc)
     if args.throughput:
-        out.update(measure_throughput(run_dir))
+        out.update(measure_throughput(run_dir, args.batches, args.warmup))
     (run_dir / "time_to_accuracy.json").write_text(json.dumps(out, indent=1) + "\n")
+    emit(line(kind="run", **out), args.out_jsonl)
     return rc
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     sys.exit(main())

@@ -238,10 +238,145 @@ def block_headline() -> str:
             "\n\n![misclassified](results/s7-long/misclassified.png)")
 
 
+def block_explain() -> str:
+    """`s7 explain` of the shipped s7, from the transcript and grid benchmarks/shipped_nets.py committed."""
+    folder = RESULTS / "explain"
+    if not (folder / "s7.txt").is_file():
+        return "(not generated yet: `make shipped-results`)"
+    return ("```\n" + (folder / "s7.txt").read_text().rstrip() + "\n```\n\n"
+            "![class activation maps of the shipped s7](results/explain/s7.png)")
+
+
+def block_export() -> str:
+    """The lines a user needs, and the fp32/int8 figures `s7 export --data` measured (results/export/s7.json)."""
+    from trainer.export import USAGE, measurement_markdown
+
+    path = RESULTS / "export" / "s7.json"
+    usage = "```python\n" + USAGE.rstrip() + "\n```"
+    if not path.is_file():
+        return usage + "\n\n(not measured yet: `make shipped-results`)"
+    m = json.loads(path.read_text())
+    command = (RESULTS / "export" / "s7.txt").read_text().splitlines()[0].removeprefix("$ ")
+    load = m["load_average_1min"]
+    return (f"{usage}\n\nMeasured by `{command}` on {m['measured']}, on the {m['test_images']:,} test images of "
+            f"{m['data']}; {m['machine']}; 1-minute load average {load[0]} before, {load[1]} after (other "
+            "jobs shared the CPU, so the timings are upper bounds):\n\n" + measurement_markdown(m))
+
+
+def block_robustness() -> str:
+    """Per net: clean accuracy, each corruption's mean over its severities, the mean of all 18 corrupted
+    settings and the worst, from results/robustness/<net>.json (`s7 robustness`)."""
+    from trainer.robustness import CORRUPTIONS, robustness_markdown
+
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "robustness").glob("*.json"))}
+    if not runs:
+        return "(not measured yet: `make shipped-results`)"
+    lines = ["| net | test images | clean | " + " | ".join(CORRUPTIONS) + " | mean corruption | worst | measured |",
+             "|---" * 12 + "|"]
+    for name, r in runs.items():
+        per = [f"{sum(r['corruptions'][c]['accuracy']) / 3:.2f}%" for c in CORRUPTIONS]
+        w = r["worst"]
+        lines.append(f"| [{name}](results/robustness/{name}.md) | {r['test_images']:,} | {r['clean']:.2f}% | "
+                     + " | ".join(per) + f" | {r['mean_corruption']:.2f}% | {w['accuracy']:.2f}% ({w['corruption']} "
+                     f"{w['severity']}) | {r['measured']}, seed {r['seed']} |")
+    lines += ["", f"Test accuracy without TTA on the test split of {next(iter(runs.values()))['data']} (all of it, "
+              "or the fixed random subset of `--limit`); each corruption's column is the mean of its three "
+              "severities, \"mean corruption\" the mean of all 18 corrupted settings, \"worst\" the lowest of "
+              "them (corruption, severity).", ""]
+    lines += [" ".join(f"![{name}](results/robustness/{name}.png)" for name in runs)]
+    for name, r in runs.items():
+        lines += ["", f"<details><summary>{name}: every corruption and severity</summary>", "",
+                  robustness_markdown(r), "", "</details>"]
+    return "\n".join(lines)
+
+
+
+def _speed_lines() -> list[dict]:
+    return [json.loads(text) for path in sorted((RESULTS / "speed").glob("*.jsonl"))
+            for text in path.read_text().splitlines() if text.strip()]
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def block_speed_options() -> str:
+    """Issue 10: every JSON line committed in results/speed/*.jsonl (benchmarks/gpu_speed.py through the harness
+    benchmarks/time_to_accuracy.py) as tables: runs to the target, the bare training step, the loader."""
+    lines = _speed_lines()
+    if not lines:
+        return ("No speed measurement is committed yet: `benchmarks/gpu_speed.py` (one GPU run of at most 9 minutes, "
+                "see benchmarks/README.md) writes the JSON lines this section is generated from to results/speed/.")
+    out = [f"Measured on {e['device']} ({e['cores']} CPU cores), torch {e['torch']}, recipe `{Path(e['config']).name}`."
+           for e in lines if e["kind"] == "env"]
+    runs = [r for r in lines if r["kind"] == "run"]
+    if runs:
+        out += ["", "| run | precision | batch, peak lr | compile | channels_last | cudnn.benchmark | non_blocking | "
+                "workers | start-up s | loop img/s | target reached, no TTA | final test acc |", "|---" * 12 + "|"]
+        for r in runs:
+            reached = (f"epoch {r['epoch_to_target']}, {r['seconds_to_target']:.1f} s" if r["epoch_to_target"]
+                       else f"not in {r['epochs']} epochs")
+            out.append(f"| {Path(r['run']).name} | {r['precision']} | {r['batch_size']}, {_num(r['peak_lr'], '.3g')} | "
+                       f"{r['compile']} | {r['channels_last']} | {r['cudnn_benchmark']} | {r['non_blocking']} | "
+                       f"{_num(r['workers'], 'd')} | {_num(r['startup_seconds'], '.1f')} | "
+                       f"{_num(r['loop_images_per_s'])} | {reached} (target {r['target']:g}%) | "
+                       f"{_num(r['final_test_acc'], '.2f')}% |")
+        out += ["", "Start-up: process start to the end of the first training step; seconds to the target count from "
+                "process start too; loop img/s: the median epoch after the first."]
+    steps = [r for r in lines if r["kind"] == "step"]
+    if steps:
+        out += ["", "| bare step: precision | batch | channels_last | cudnn.benchmark | compile | img/s | "
+                "first step s |", "|---" * 7 + "|"]
+        out += [f"| {r['precision']} | {r['batch_size']} | {r['channels_last']} | {r['cudnn_benchmark']} | "
+                f"{r['compile']} | {r.get('error') or _num(r['step_images_per_s'])} | "
+                f"{_num(r.get('first_step_seconds'), '.1f')} |" for r in steps]
+    loaders = [r for r in lines if r["kind"] == "loader"]
+    if loaders:
+        out += ["", "| loader: workers | batch | img/s |", "|---|---|---|"]
+        out += [f"| {r['workers']} | {r['batch_size']} | {_num(r['loader_images_per_s'])} |" for r in loaders]
+    skipped = [r["what"] for r in lines if r["kind"] == "skipped"]
+    if skipped:
+        out += ["", "Not measured (the run's time was up): " + "; ".join(skipped) + "."]
+    return "\n".join(out)
+
+COMPARE_PNG = RESULTS / "compare" / "committed.png"
+
+
+def _compared_runs() -> list[Path]:
+    """Every run folder committed under results/, at any depth (results/*, results/ablations/*, ...)."""
+    runs = {p.parent for p in RESULTS.rglob("metrics.jsonl")}
+    return sorted(runs, key=lambda p: (len(p.relative_to(RESULTS).parts), str(p)))
+
+
+def block_compare() -> str:
+    """`s7 compare`'s table of every committed run folder (trainer/compare.py), each linked to its report."""
+    from trainer.compare import compare_table, summarize
+
+    runs = _compared_runs()
+    if not runs:
+        return "(no committed runs)"
+    labels = [f"[{p.relative_to(RESULTS)}]({p.relative_to(ROOT)}/report.md)" for p in runs]
+    return (compare_table([summarize(p) for p in runs], labels)
+            + f"\n\n![test accuracy and loss of the committed runs]({COMPARE_PNG.relative_to(ROOT)})")
+
+
+def draw_compare_figure() -> None:
+    """results/compare/committed.png: `s7 compare`'s curves of the same runs (written by `make readme`, never
+    by --check)."""
+    from trainer.compare import plot_curves, summarize
+
+    runs = _compared_runs()
+    if runs:
+        plot_curves([summarize(p) for p in runs], COMPARE_PNG, [str(p.relative_to(RESULTS)) for p in runs])
+
+
 BLOCKS = {"rules": block_rules, "summary": block_summary, "augment": block_augment, "stats": block_stats,
           "results": block_results, "speed": block_speed, "headline": block_headline,
-          "targets": block_targets, "evaluate": block_evaluate}
-REPO_ONLY = ("rules", "summary", "augment", "results", "speed", "headline", "targets")
+          "targets": block_targets, "evaluate": block_evaluate, "explain": block_explain, "export": block_export,
+          "robustness": block_robustness, "speed_options": block_speed_options,
+          "compare": block_compare}
+REPO_ONLY = ("rules", "summary", "augment", "results", "speed", "headline", "targets", "explain", "export",
+             "robustness", "speed_options", "compare")
 
 
 def render(text: str, names) -> str:
@@ -267,6 +402,7 @@ def main() -> int:
             return 1
         return 0
     readme.write_text(render(text, BLOCKS))
+    draw_compare_figure()
     return 0
 
 

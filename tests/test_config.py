@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, build_parser, resolve
+from trainer.config import RETIRED_KEYS, TrainConfig, build_parser, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,13 +65,59 @@ def test_every_committed_run_config_loads(path):
     assert timm.is_model(TrainConfig.load(path).model)
 
 
-def test_a_retired_key_is_dropped_when_harmless_and_refused_when_it_cannot_be_honoured(tmp_path):
+def test_a_retired_key_is_dropped_when_harmless_and_refused_when_it_cannot_be_honoured(tmp_path, monkeypatch):
     old = tmp_path / "old.yaml"
-    old.write_text("model: s7\ncompile: false\ntta_flip: true\nepochs: 3\n")
+    old.write_text("model: s7\ntta_flip: true\nepochs: 3\n")
     assert TrainConfig.load(old).epochs == 3
-    old.write_text("model: s7\ncompile: true\n")
-    with pytest.raises(SystemExit, match="compile: .*torch.compile is not supported"):
+    monkeypatch.setitem(RETIRED_KEYS, "gone", lambda v: None if v is False else "cannot be honoured")
+    old.write_text("model: s7\ngone: false\n")
+    assert TrainConfig.load(old).model == "s7"
+    old.write_text("model: s7\ngone: true\n")
+    with pytest.raises(SystemExit, match=r"old.yaml: gone: cannot be honoured$"):
         TrainConfig.load(old)
+
+
+@pytest.mark.parametrize("saved, mode", [("false", "none"), ("true", "default"), ("no", "none"),
+                                         ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_compile_of_older_configs_reads_as_the_mode_it_meant(tmp_path, saved, mode):
+    """Before issue 10 `compile` was a boolean (never wired in: every committed run says false)."""
+    old = tmp_path / "old.yaml"
+    old.write_text(f"model: s7\ncompile: {saved}\n")
+    assert TrainConfig.load(old).compile == mode
+    assert resolve(["--config", str(old)]).compile == mode
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compile", "true"], "--compile must be one of none, default, max-autotune-no-cudagraphs, reduce-overhead"),
+    (["--lr-scaling", "cubic"], "--lr-scaling must be one of none, linear, sqrt"),
+    (["--base-batch-size", "0"], "--base-batch-size must be at least 1"),
+    (["--threads", "-1"], "--threads must be 0 or more"),
+    (["--non-blocking", "maybe"], "argument --non-blocking: expected true/false"),
+    (["--cudnn-benchmark", "2"], "argument --cudnn-benchmark: expected true/false"),
+])
+def test_bad_speed_option_is_a_one_line_error_naming_the_flag(argv, message):
+    with pytest.raises(SystemExit) as e:
+        resolve(argv)
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("rule, batch, processes, factor", [
+    ("none", 1024, 4, 1.0), ("linear", 256, 1, 1.0), ("linear", 512, 1, 2.0), ("linear", 256, 4, 4.0),
+    ("sqrt", 1024, 1, 2.0), ("sqrt", 128, 2, 1.0), ("linear", 128, 1, 0.5)])
+def test_peak_lr_follows_the_global_batch_by_the_stated_rule(rule, batch, processes, factor):
+    cfg = resolve(["--lr", "0.2", "--lr-scaling", rule, "--base-batch-size", "256", "--batch-size", str(batch)])
+    assert cfg.peak_lr(processes) == pytest.approx(0.2 * factor, rel=1e-12)
+
+
+def test_a_recipe_that_names_no_lr_scaling_keeps_its_learning_rate_at_any_batch_and_world_size():
+    import yaml
+
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        values = yaml.safe_load(recipe.read_text()) or {}
+        if "model" not in values or "lr_scaling" in values:  # not a training recipe (a W&B sweep), or it scales
+            continue
+        cfg = resolve(["--config", str(recipe)])
+        assert [cfg.peak_lr(n) for n in (1, 2, 8)] == [cfg.lr] * 3, recipe.name
 
 
 def test_every_field_has_help_text():

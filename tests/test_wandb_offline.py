@@ -13,9 +13,12 @@ from runs import PYTHON, REPO, flags, sub_env, wandb_env
 from trainer.config import TrainConfig
 from trainer.tracking import read_metrics
 
-LOGGED = ("train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "test_images", "lr", "momentum",
-          "epoch_seconds",
-          "train_seconds", "test_seconds", "images_per_second", "wall_seconds")
+# metrics.jsonl column -> its W&B name (trainer/tracking.py, wandb_key), written out here as the contract
+NAMESPACED = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss", "test_acc": "test/acc",
+              "test_acc_tta": "test/acc_tta", "test_images": "test/images", "lr": "train/lr",
+              "momentum": "train/momentum", "epoch_seconds": "time/epoch_seconds",
+              "train_seconds": "time/train_seconds", "test_seconds": "time/test_seconds",
+              "images_per_second": "speed/images_per_second", "wall_seconds": "time/wall_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,59 @@ def test_offline_run_writes_exactly_one_wandb_log_with_valid_framing(offline_run
     assert kinds[0] == "header" and "run" in kinds and "exit" in kinds
 
 
-def test_wandb_history_holds_every_epoch_with_the_metrics_jsonl_values(offline_run):
+def epoch_history(offline_run) -> list[dict]:
+    return [h for h in wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
+            if "test/acc" in h]
+
+
+def test_wandb_history_holds_every_epoch_namespaced_with_the_metrics_jsonl_values(offline_run):
     rows = read_metrics(offline_run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    history = wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
-    assert [h["_step"] for h in history] == [r["epoch"] for r in rows]  # one history row per epoch, step = epoch
+    history = epoch_history(offline_run)
+    assert [h["epoch"] for h in history] == [r["epoch"] for r in rows]  # one epoch row per epoch
     for row, h in zip(rows, history):
-        for key in LOGGED:
-            assert h[key] == pytest.approx(row[key], rel=1e-12), (row["epoch"], key)
+        for key, name in NAMESPACED.items():
+            assert h[name] == pytest.approx(row[key], rel=1e-12), (row["epoch"], key)
+        assert not set(row) & set(h) - {"epoch"}  # no flat metrics.jsonl names left
+
+
+def test_epoch_metrics_are_defined_against_epoch_and_keep_best_and_last_accuracy(offline_run):
+    recs = wandb_records.records(wandb_records.run_file(offline_run))
+    metrics = {m.name or m.glob_name: m for m in (r.metric for r in recs if r.WhichOneof("record_type") == "metric")}
+    for ns in ("train/*", "val/*", "test/*", "time/*", "speed/*"):
+        assert metrics[ns].step_metric == "epoch", ns
+    assert metrics["step/*"].step_metric == "step"
+    for name in ("test/acc", "test/acc_tta", "val/acc", "train/acc"):
+        assert metrics[name].step_metric == "epoch" and metrics[name].summary.max and metrics[name].summary.last
+    summary = wandb_records.summary(recs)
+    rows = read_metrics(offline_run)
+    for key in ("test_acc", "test_acc_tta", "train_acc"):
+        name = NAMESPACED[key]
+        assert summary[name]["max"] == pytest.approx(max(r[key] for r in rows)), key
+        assert summary[name]["last"] == pytest.approx(rows[-1][key]), key
+    assert summary["train/loss"]["last"] == pytest.approx(rows[-1]["train_loss"])
+    assert summary["speed/images_per_second"]["last"] == pytest.approx(rows[-1]["images_per_second"])
+
+
+def test_learning_rate_and_loss_go_to_wandb_per_step_and_draw_the_one_cycle(offline_run):
+    """A run this short logs every step (tracking.step_cadence); the lr rises to its peak, then falls."""
+    history = wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
+    steps = [h for h in history if "step/lr" in h]
+    cfg = TrainConfig.load(offline_run / "config.yaml")
+    n = len(steps)
+    assert [h["step"] for h in steps] == list(range(1, n + 1)) and n >= 4 and n % cfg.epochs == 0
+    lrs = [h["step/lr"] for h in steps]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < n - 1 and max(lrs) > 2 * lrs[0] and max(lrs) > 2 * lrs[-1]
+    assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
+    rows = read_metrics(offline_run)
+    assert lrs[-1] == pytest.approx(rows[-1]["lr"])  # the epoch row's lr is its last step's
+    assert all(h["step/loss"] > 0 and "epoch" not in h for h in steps)
+    # the epoch's training loss is the mean over its batches (equal-sized here: 96 images)
+    per_epoch = n // cfg.epochs
+    for e, row in enumerate(rows):
+        losses = [h["step/loss"] for h in steps[e * per_epoch:(e + 1) * per_epoch]]
+        assert sum(losses) / per_epoch == pytest.approx(row["train_loss"], rel=1e-5)
 
 
 def test_wandb_config_is_the_resolved_config_with_rules_and_summary_has_final_accuracy(offline_run):
@@ -60,7 +108,71 @@ def test_wandb_config_is_the_resolved_config_with_rules_and_summary_has_final_ac
     assert summary["final_test_acc_tta"] == pytest.approx(rows[-1]["test_acc_tta"])
     assert summary["selected_epoch"] == 2 and summary["last_epoch"] == 2
     assert config["rules"] and set(config["rules"].values()) == {"PASS"}
-    assert summary["test_acc"] == pytest.approx(rows[-1]["test_acc"])  # the last logged epoch
+
+
+def test_wandb_run_identity_names_commit_device_data_and_recipe(offline_run):
+    import subprocess as sp
+
+    recs = wandb_records.records(wandb_records.run_file(offline_run))
+    config = wandb_records.config(recs)
+    head = sp.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    assert config["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert config["device"] == "cpu" and config["processes"] == 1
+    meta = json.loads((offline_run / "model" / "meta.json").read_text())  # what the trainer normalised with
+    assert config["data_source"] == meta["data"]
+    assert config["data_mean"] == pytest.approx(meta["mean"]) and config["data_std"] == pytest.approx(meta["std"])
+    saved = TrainConfig.load(offline_run / "config.yaml")
+    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    assert run.run_group == saved.model and run.job_type == saved.recipe
+    assert list(run.tags) == [saved.model, saved.optimizer, "cpu"]
+
+
+def test_shipped_weights_go_up_as_a_model_artifact_aliased_latest_and_best(offline_run):
+    import base64
+    import hashlib
+
+    recs = wandb_records.records(wandb_records.run_file(offline_run))
+    models = [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert len(models) == 1
+    art = models[0]
+    assert art.name == "s7-wb" and sorted(art.aliases) == ["best", "latest"]
+    files = {c.path: c for c in art.manifest.contents}
+    assert set(files) == {"model.safetensors", "meta.json"}
+    for name, entry in files.items():
+        data = (offline_run / "model" / name).read_bytes()
+        assert entry.size == len(data) and entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode()
+    meta = json.loads((offline_run / "model" / "meta.json").read_text())
+    assert json.loads(art.metadata) == meta and meta["epoch"] == wandb_records.summary(recs)["selected_epoch"]
+
+
+def logged_media(offline_run, key: str) -> tuple[dict, Path]:
+    """The one history row that logs `key`, and the file the offline run keeps for it."""
+    history = wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
+    rows = [h for h in history if f"{key}/_type" in h]
+    assert len(rows) == 1, rows
+    return rows[0], wandb_records.run_file(offline_run).parent / "files" / rows[0][f"{key}/path"]
+
+
+def test_per_class_table_and_misclassified_grid_go_to_wandb_as_table_and_image(offline_run):
+    import numpy as np
+
+    row, path = logged_media(offline_run, "per_class")
+    assert row["per_class/_type"] == "table-file" and row["epoch"] == read_metrics(offline_run)[-1]["epoch"]
+    table = json.loads(path.read_text())
+    assert table["columns"] == ["class", "test images", "correct", "accuracy"]
+    p = np.load(offline_run / "predictions.npz")
+    classes = [str(c) for c in p["classes"]]
+    assert [r[0] for r in table["data"]] == classes
+    for name, total, correct, accuracy in table["data"]:
+        mine = p["labels"] == classes.index(name)
+        assert total == int(mine.sum()) and correct == int((p["preds"][mine] == p["labels"][mine]).sum())
+        assert accuracy == pytest.approx(100.0 * correct / total)
+    row, path = logged_media(offline_run, "misclassified_grid")
+    assert row["misclassified_grid/_type"] == "image-file"
+    assert path.read_bytes() == (offline_run / "misclassified.png").read_bytes()
+    row, path = logged_media(offline_run, "misclassified")
+    assert row["misclassified/_type"] == "table-file"
+    assert row["misclassified/nrows"] == len(p["wrong_index"]) > 0
 
 
 def test_reader_rejects_a_corrupted_record(offline_run, tmp_path):
@@ -119,3 +231,58 @@ def test_disabled_mode_trains_with_wandb_unimportable_and_never_imports_it_itsel
     assert not [f for f in importers if any(d in f.parents for d in own)], importers
     assert all("site-packages/timm/" in str(f) for f in importers), importers
     assert (tmp_path / "nowb" / "report.md").is_file() and not (tmp_path / "nowb" / "wandb").exists()
+
+
+def test_the_reports_grid_of_mistakes_with_class_maps_goes_to_wandb_as_an_image(offline_run):
+    """The report's mistake_maps.png (trainer/explain.py) is logged once, as a W&B image of that very file."""
+    import hashlib
+
+    history = wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
+    logged = [h for h in history if "mistake_maps/_type" in h]
+    assert len(logged) == 1 and logged[0]["mistake_maps/_type"] == "image-file", logged
+    png = (offline_run / "mistake_maps.png").read_bytes()
+    assert logged[0]["mistake_maps/sha256"] == hashlib.sha256(png).hexdigest()
+    media = wandb_records.run_file(offline_run).parent / "files" / logged[0]["mistake_maps/path"]
+    assert media.read_bytes() == png
+
+
+
+@pytest.mark.parametrize("ref, is_ref", [("me/s7-cifar10/s7-run1:best", True), ("wandb-artifact://me/p/s7-x:v3", True),
+                                         ("runs/s7-run1", False), ("models/weights/s7.safetensors", False),
+                                         ("me/p/name", False), ("a:b", False)])
+def test_an_artifact_reference_is_told_from_a_path(ref, is_ref):
+    from trainer.tracking import is_artifact_ref
+
+    assert is_artifact_ref(ref) is is_ref
+
+
+def test_evaluate_downloads_an_artifact_reference_online_and_refuses_it_offline(offline_run, monkeypatch):
+    """No network: wandb.Api is replaced by one whose artifact download is the run's own model/ folder."""
+    import types
+
+    import wandb
+
+    from trainer.evaluate import load_classifier
+
+    asked = []
+
+    class Api:
+        def artifact(self, name, type=None):
+            asked.append((name, type))
+            return types.SimpleNamespace(download=lambda: str(offline_run / "model"))
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(FileNotFoundError, match="W&B online"):
+        load_classifier("me/s7-cifar10/s7-wb:best")
+    assert asked == []
+    monkeypatch.setenv("WANDB_MODE", "online")
+    _, meta = load_classifier("wandb-artifact://me/s7-cifar10/s7-wb:best")
+    assert asked == [("me/s7-cifar10/s7-wb:best", "model")]
+    assert meta == json.loads((offline_run / "model" / "meta.json").read_text())  # the downloaded folder's
+
+
+def test_git_commit_is_none_outside_a_git_work_tree(tmp_path):
+    from trainer.tracking import git_commit
+
+    assert git_commit(tmp_path) is None

@@ -31,9 +31,14 @@ class TrainConfig:
     test_subset: int = _opt(0, ">0: test on a fixed random subset of N images")
     # optimisation
     epochs: int = _opt(20, "epochs (the OneCycle schedule spans all of them)")
-    batch_size: int = _opt(256, "images per batch, per process")
+    batch_size: int = _opt(256, "images per batch, per process; the global batch is this x the processes")
     optimizer: str = _opt("sgd", "sgd (Nesterov) or adamw")
-    lr: float = _opt(0.2, "OneCycle peak learning rate")
+    lr: float = _opt(0.2, "OneCycle peak learning rate, for a global batch of --base-batch-size when "
+                          "--lr-scaling is linear or sqrt; as given with none")
+    lr_scaling: str = _opt("none", "how the peak lr follows the global batch (--batch-size x processes): none "
+                                   "(--lr as given, at any batch and world size), linear (x global / base) or "
+                                   "sqrt (x sqrt(global / base)); the lr used is logged and kept in state.json")
+    base_batch_size: int = _opt(256, "the global batch --lr is meant for, with --lr-scaling linear or sqrt")
     momentum: float = _opt(0.9, "SGD momentum (AdamW: beta1); held fixed unless --cycle-momentum is true")
     cycle_momentum: bool = _opt(False, "true: OneCycle moves momentum (AdamW: beta1) from --max-momentum down to "
                                        "--base-momentum at the peak lr and back, ignoring --momentum")
@@ -62,8 +67,19 @@ class TrainConfig:
     seed: int = _opt(0, "seeds init, shuffle order and augmentation streams")
     workers: int = _opt(-1, "loader worker processes per process; -1 = the usable CPU cores shared among this "
                             "machine's processes, one core each kept for training")
-    mixed_precision: str = _opt("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16 or bf16")
-    channels_last: bool = _opt(True, "NHWC memory layout (faster convs on GPUs)")
+    mixed_precision: str = _opt("auto", "autocast dtype: auto (bf16 on GPUs that have it, else fp16; fp32 on "
+                                        "the CPU), no (fp32), fp16 (GPU only, with a grad scaler) or bf16")
+    channels_last: bool = _opt(True, "NHWC memory layout of the net and every batch (cuDNN takes bf16 and "
+                                     "dilated depthwise convs only in NHWC); the default until "
+                                     "benchmarks/gpu_speed.py has measured it against NCHW")
+    compile: str = _opt("none", "torch.compile the training step's forward and backward: none, default, "
+                                "max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs); evaluation stays "
+                                "eager. The first step pays the compile (minutes on a 2-core CPU, cached after)")
+    cudnn_benchmark: bool = _opt(False, "let cuDNN time its algorithms for each new input shape (GPU only); off "
+                                        "(as before) until benchmarks/gpu_speed.py has measured it")
+    non_blocking: bool = _opt(False, "copy batches to the GPU asynchronously from pinned memory, so the host never "
+                                     "waits for a copy (GPU only); off (as before) until measured")
+    threads: int = _opt(0, "torch intra-op threads of each training process; 0 = torch's default (the cores)")
     out: str = _opt("runs", "folder that holds run folders")
     name: str = _opt("", "run folder name; default <model>-<recipe>-<timestamp>")
     resume: str | None = _opt(None, "run folder to continue from its last completed epoch")
@@ -79,14 +95,15 @@ class TrainConfig:
         for f in fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), str(f.type)))
         choices = {"optimizer": ("sgd", "adamw"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
-                   "wandb_mode": ("auto", "online", "offline", "disabled")}
+                   "wandb_mode": ("auto", "online", "offline", "disabled"), "compile": COMPILE_MODES,
+                   "lr_scaling": ("none", "linear", "sqrt")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 _fail(name, f"must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "base_batch_size"):
             if getattr(self, name) < 1:
                 _fail(name, f"must be at least 1, not {getattr(self, name)}")
-        for name in ("train_subset", "test_subset", "val_split", "log_misclassified"):
+        for name in ("train_subset", "test_subset", "val_split", "log_misclassified", "threads"):
             if getattr(self, name) < 0:
                 _fail(name, f"must be 0 or more, not {getattr(self, name)}")
         if self.workers < -1:
@@ -103,6 +120,12 @@ class TrainConfig:
         if self.cycle_momentum and self.base_momentum > self.max_momentum:
             _fail("base_momentum", f"({self.base_momentum}) must not exceed --max-momentum ({self.max_momentum})")
         return self
+
+    def peak_lr(self, num_processes: int = 1) -> float:
+        """The OneCycle peak learning rate a run uses: --lr scaled by --lr-scaling from --base-batch-size to the
+        global batch (--batch-size x num_processes); with none, --lr itself at any batch and world size."""
+        ratio = self.batch_size * num_processes / self.base_batch_size
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scaling]
 
     def augment_kwargs(self) -> dict[str, float]:
         """The augmentation probabilities and ranges, as `build_train_transform` takes them."""
@@ -125,17 +148,21 @@ class TrainConfig:
         return cls(**_checked(_read_yaml(Path(path)), str(path))).check()
 
 
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+
 # Keys older versions wrote into config.yaml. Each maps a value to None (dropped: today's behaviour is the same)
 # or to the reason it cannot be honoured.
 RETIRED_KEYS: dict[str, Any] = {
-    # torch.compile was never wired into the loop; `compile: false` is what every run did.
-    "compile": lambda v: None if v is False else "torch.compile is not supported by this version; set it to false",
     # test accuracy is now always measured both with and without flip TTA, so the switch has nothing left to do.
     "tta_flip": lambda v: None,
 }
 
+# Values older versions wrote, and what they mean now: `compile` was a boolean (never wired in, so every
+# committed run has `compile: false`); it is now the torch.compile mode.
+LEGACY_VALUES: dict[str, dict[bool, Any]] = {"compile": {False: "none", True: "default"}}
+
 # Given with --resume, these may differ from the saved run: they change nothing the run computes.
-RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data_dir")
+RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data_dir", "non_blocking")
 
 
 def _fail(name: str, message: str) -> None:
@@ -172,8 +199,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _checked(values: dict[str, Any], origin: str) -> dict[str, Any]:
-    """Known keys only; retired keys are dropped when harmless and refused, with the reason, when not."""
+    """Known keys only; retired keys are dropped when harmless and refused, with the reason, when not;
+    legacy values are read as what they mean now."""
     values = dict(values)
+    for key, meaning in LEGACY_VALUES.items():
+        if isinstance(values.get(key), bool):
+            values[key] = meaning[values[key]]
     for key in sorted(set(values) & set(RETIRED_KEYS)):
         reason = RETIRED_KEYS[key](values.pop(key))
         if reason:

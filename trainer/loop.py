@@ -3,7 +3,7 @@ device-side half of the input pipeline (the workers hand over uint8 images)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,9 @@ class EpochResult:
     data_seconds: float = 0.0  # time spent waiting for the loader
     lr: float = float("nan")  # learning rate of the epoch's last optimizer step
     momentum: float = float("nan")  # SGD momentum (AdamW beta1) of that step
+    first_batch_seconds: float = 0.0  # from the start of the epoch to the first batch (worker start-up)
+    first_step_seconds: float = 0.0  # the first step, from its batch to its end (compile, warm-up)
+    second_step_seconds: float | None = None  # the second step likewise (None in a one-step epoch)
 
 
 @dataclass
@@ -41,16 +44,31 @@ class EvalResult:
     probabilities: torch.Tensor  # plain soft-max probability of the prediction
 
 
-def normalize(batch: torch.Tensor, mean_pixels: Sequence[float], std_pixels: Sequence[float]) -> torch.Tensor:
-    """uint8 NCHW batch (any device) -> float32 (x - mean) / std, mean and std in pixel units."""
+def normalize(batch: torch.Tensor, mean_pixels: Sequence[float] | torch.Tensor,
+              std_pixels: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW batch (any device) -> float32 (x - mean) / std, mean and std in pixel units.
+    Pass mean and std as float32 tensors on the batch's device (`pixel_stats`) to copy nothing per batch."""
     mean = torch.as_tensor(mean_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std_pixels, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
     return (batch.float() - mean) / std
 
 
-def _prepare_batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+def pixel_stats(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as float32 tensors on `device`, made once per pass: a host-to-device copy per batch is a
+    blocking copy, which on a GPU waits for every queued kernel."""
+    return (torch.as_tensor(mean, dtype=torch.float32).to(device), torch.as_tensor(std, dtype=torch.float32).to(device))
+
+
+def prepare_batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+    """What the net gets from a uint8 batch: normalised float32, in NHWC memory layout with `channels_last`."""
     x = normalize(x, mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, to time a step (CPU work is done when the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def current_momentum(optimizer: torch.optim.Optimizer) -> float:
@@ -60,25 +78,36 @@ def current_momentum(optimizer: torch.optim.Optimizer) -> float:
 
 
 def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler, criterion, mean, std, *,
-                    epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0, progress: bool = False,
-                    nan_check_every: int = 50) -> EpochResult:
+                    epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0,
+                    progress: bool = False,
+                    on_step: Callable[[int, float, float, torch.Tensor], None] | None = None) -> EpochResult:
     """Train over the sharded loader; loss/accuracy are summed over all processes' augmented batches.
 
+    Off the host: loss sum, correct count, image count and the first non-finite step are kept on the device
+    and read once, at the end of the epoch (a NaN stops the run there, naming its step); the only other waits
+    are after the first two steps, to time them. `model` may be torch.compile's wrapper.
     The scheduler steps only when the optimizer did (Accelerate's guidance: an fp16 step the grad scaler
-    skipped must not move the learning rate). `ema` (timm's ModelEmaV3) is updated after every step;
-    `ema_step` counts the optimizer steps before this epoch, for its warm-up.
+    skipped must not move the learning rate; that check reads the scaler on the host at every step, as
+    GradScaler itself does). `ema` (timm's ModelEmaV3) is updated after every step; `ema_step` counts the
+    optimizer steps before this epoch, for its warm-up.
     """
     model.train()
     start = time.perf_counter()
-    totals = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss sum, correct, count
-    first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)
-    step_t = torch.zeros((), device=accelerator.device, dtype=torch.long)  # the step, counted on the device
+    device = accelerator.device
+    mean, std = pixel_stats(mean, std, device)
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    step_t = torch.zeros((), device=device, dtype=torch.long)  # the step, counted on the device
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, dynamic_ncols=True)
     lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False) if ema is not None else None
     data_seconds, fetch_start = 0.0, time.perf_counter()
+    timed: list[float] = []  # batch in hand and step done, for the first two steps
     for step, (x, y) in enumerate(bar):
         data_seconds += time.perf_counter() - fetch_start
-        x = _prepare_batch(x, mean, std, channels_last)
+        if step < 2:
+            timed.append(time.perf_counter())
+        x = prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
             logits = model(x)
             loss = criterion(logits, y)
@@ -90,24 +119,32 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.update(accelerator.unwrap_model(model), step=ema_step + step + 1)
+            ema.update(plain, step=ema_step + step + 1)
         detached = loss.detach().float()
+        if on_step is not None:  # (step, lr, momentum, loss tensor): reads the loss only on the steps it logs
+            on_step(step, lr, momentum, detached)
         # Track the first bad step on the device: no host sync and no host-to-device copy per step.
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step_t, first_bad)
         step_t += 1
         totals[0] += detached.double() * y.numel()
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += y.numel()
-        if (step + 1) % nan_check_every == 0 or step + 1 == len(loader):
-            bad_step = int(accelerator.reduce(first_bad.clone(), "max"))  # any rank's bad step
-            if bad_step >= 0:
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {bad_step} "
-                                    f"(lr {scheduler.get_last_lr()[0]:.4g}); training stopped, best checkpoint kept")
+        if step < 2:
+            _synchronize(device)
+            timed.append(time.perf_counter())
         fetch_start = time.perf_counter()
+    bad_step = int(accelerator.reduce(first_bad, "max"))  # any rank's first bad step
+    if bad_step >= 0:
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {bad_step} "
+                            f"(lr {scheduler.get_last_lr()[0]:.4g}); training stopped, last checkpoint kept")
     totals = accelerator.reduce(totals, "sum")
     loss_sum, correct, count = totals.tolist()
+    first_batch = timed[0] - start if timed else 0.0
+    first_step = timed[1] - timed[0] if len(timed) > 1 else 0.0
+    second_step = timed[3] - timed[2] if len(timed) > 3 else None
     return EpochResult(loss_sum / max(count, 1), 100.0 * correct / max(count, 1), int(count),
-                       time.perf_counter() - start, data_seconds, lr, momentum)
+                       time.perf_counter() - start, data_seconds, lr, momentum, first_batch, first_step,
+                       second_step)
 
 
 @torch.no_grad()
@@ -117,9 +154,10 @@ def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last:
     mirror's mean logits); `gather_for_metrics` counts each image once."""
     model.eval()
     start = time.perf_counter()
+    mean, std = pixel_stats(mean, std, accelerator.device)
     plain, mirrored, labels = [], [], []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        x = _prepare_batch(x, mean, std, channels_last)
+        x = prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
             logits, flipped = model(x).float(), model(x.flip(3)).float()
         logits, flipped, y = accelerator.gather_for_metrics((logits, flipped, y))

@@ -2,12 +2,15 @@
 or plain `python trainer/main.py ...` in one process. Flags: `--help`.
 
 Flow: config -> Accelerator -> data (dataset, validation split, statistics, augmentation, loaders) -> model and
-its rule check -> optimizer, OneCycle, EMA -> epochs (train, validate, test, log, checkpoint) -> report.
+its rule check -> optimizer, OneCycle, EMA, torch.compile -> epochs (train, validate, test, log, checkpoint) ->
+report. The start-up, from process start to the end of the first training step, is timed phase by phase into
+RUN/startup.json.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -31,8 +34,11 @@ from trainer import checkpoint, report, tracking
 from trainer.augment import build_train_transform, describe_pipeline
 from trainer.config import TrainConfig, resolve
 from trainer.dataset import CifarData, DataError, channel_stats, load_data, split_validation, subset
-from trainer.loader import AugmentedDataset, make_loader
+from trainer.loader import AugmentedDataset, make_loader, resolve_workers
 from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
+
+IMPORTED = time.time()  # the end of the imports phase of the start-up
+STARTUP_FILE = "startup.json"
 
 
 class RunError(ValueError):
@@ -52,6 +58,20 @@ def process_start() -> float:
     return psutil.Process().create_time()
 
 
+class StartupClock:
+    """Wall-clock seconds of each start-up phase, from process start (the OS's record) on: each `mark` books
+    the time since the previous one to a phase, so the phases add up to the whole start-up."""
+
+    def __init__(self, origin: float) -> None:
+        self.origin, self.last = origin, origin
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        now = time.time() if at is None else at
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 def pick_precision(requested: str) -> str:
     """bf16 on GPUs that support it, fp16 on older ones, full precision on the CPU (no emulated bf16)."""
     if requested != "auto":
@@ -64,12 +84,17 @@ def pick_precision(requested: str) -> str:
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
     without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps."""
+    precision = pick_precision(cfg.mixed_precision)
+    if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
+        raise RunError("--mixed-precision fp16 needs a GPU (Accelerate autocasts to fp16 only there); "
+                       "on the CPU use bf16 or no")
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision=pick_precision(cfg.mixed_precision),
+        mixed_precision=precision,
         log_with="wandb" if cfg.wandb_mode != "disabled" else None,
         step_scheduler_with_optimizer=False,  # we step OneCycle once per batch ourselves, sized to the shard
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, even_batches=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, even_batches=True,
+                                                  non_blocking=cfg.non_blocking),
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != accelerator.num_processes:
@@ -101,9 +126,10 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int):
-    """OneCycle over every step of the run; momentum cycles only when the config says so.
-    A run too short for the schedule's phases stops here with a one-line reason."""
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int,
+                   peak_lr: float | None = None):
+    """OneCycle over every step of the run, peaking at `peak_lr` (default --lr); momentum cycles only when the
+    config says so. A run too short for the schedule's phases stops here with a one-line reason."""
     if steps_per_epoch < 1:
         raise RunError(f"--batch-size {cfg.batch_size} is larger than the {train_images} training images per "
                        "process: not one full batch to train on; use a smaller --batch-size")
@@ -114,8 +140,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
                        f"with --pct-start {cfg.pct_start} ({warm:g} warm-up steps; it needs more than 1 and at least "
                        "one step after); use more --epochs, a smaller --batch-size or another --pct-start")
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
-        final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
+        optimizer, max_lr=cfg.lr if peak_lr is None else peak_lr, total_steps=total, pct_start=cfg.pct_start,
+        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
         base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
 
 
@@ -144,7 +170,7 @@ def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_eval: int, num_c
     x = torch.randn(cfg.batch_size, 3, 32, 32)
     y = torch.randint(0, num_classes, (cfg.batch_size,))
     train_t, test_t = [], []
-    for _ in range(4):  # the first pass warms up the kernels; take the best of the rest
+    for _ in range(3):  # the first pass warms up the kernels; take the better of the other two
         t = time.perf_counter()
         torch.nn.functional.cross_entropy(probe(x), y).backward()
         train_t.append(time.perf_counter() - t)
@@ -172,8 +198,10 @@ class Inputs:
     val_loader: DataLoader | None
 
 
-def build_inputs(cfg: TrainConfig, accelerator: Accelerator) -> Inputs:
-    """dataset -> (subset) -> validation split -> statistics -> augmentation -> loaders (not yet prepared)."""
+def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: StartupClock | None = None) -> Inputs:
+    """dataset -> (subset) -> validation split -> statistics -> augmentation -> loaders (not yet prepared);
+    `clock` books the data, statistics and loaders phases of the start-up."""
+    clock = clock or StartupClock(time.time())
     with accelerator.main_process_first():  # one decode, the other ranks read the cache
         data = load_data(cfg.data, cfg.data_dir)
     train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
@@ -181,7 +209,9 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator) -> Inputs:
     val = split_validation(train_x, train_y, cfg.val_split) if cfg.val_split else None
     if val:
         train_x, train_y = val[0], val[1]
+    clock.mark("data")
     mean, std = channel_stats(train_x)  # of the images trained on: the held-out ones stay unseen
+    clock.mark("statistics")
     transform = build_train_transform(mean, **cfg.augment_kwargs())
     rank = accelerator.process_index
     train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
@@ -196,8 +226,10 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator) -> Inputs:
         return make_loader(AugmentedDataset(x, y, None, seed=cfg.seed, rank=rank), batch, shuffle=False,
                            workers=eval_workers, pin_memory=pin, seed=cfg.seed)
 
-    return Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
-                  eval_loader(val[2], val[3]) if val else None)
+    inputs = Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
+                    eval_loader(val[2], val[3]) if val else None)
+    clock.mark("loaders")
+    return inputs
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
@@ -211,12 +243,22 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, li
     return model, rules
 
 
-def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, transform) -> None:
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The module the training step calls: `model` itself, or torch.compile's wrapper around it (compiled at its
+    first call). The wrapper shares the parameters; `model` stays the one that is checkpointed and shipped, so
+    state dicts keep their plain keys (no `_orig_mod.`)."""
+    if mode == "none":
+        return model
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, rf_rows: list,
+                    transform) -> None:
     """config.yaml, rules, the torchinfo summary, the RF table and the augmentation pipeline, once per run."""
     cfg.save(run_dir / "config.yaml")
     (run_dir / "rules.md").write_text(report.rules_markdown(rules))
     (run_dir / "summary.txt").write_text(summary_text(model) + "\n")
-    (run_dir / "receptive_field.md").write_text(format_rf_table(rf_table(model)) + "\n")
+    (run_dir / "receptive_field.md").write_text(format_rf_table(rf_rows) + "\n")
     (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
 
 
@@ -247,7 +289,8 @@ class Job:
     run_dir: Path
     log: tracking.RunLog
     inp: Inputs
-    model: torch.nn.Module
+    model: torch.nn.Module  # as prepared (DDP on several processes): what is checkpointed
+    train_model: torch.nn.Module  # what the training step calls: `model`, or its torch.compile wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object
     ema: ModelEmaV3 | None
@@ -255,6 +298,7 @@ class Job:
     state: dict
     start_epoch: int
     started: float  # wall-clock origin of this process's share of `wall_seconds`
+    startup: StartupClock | None = None  # until the first training step of this launch is timed
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -263,15 +307,25 @@ class Job:
 
 
 def setup(cfg: TrainConfig) -> Job:
-    """Accelerator, run folder, data, model (rule-checked), optimizer, schedule, EMA, and the resumed state."""
+    """Accelerator, run folder, data, model (rule-checked), optimizer, schedule, EMA, compile, and the resumed
+    state; each phase timed on the start-up clock."""
+    clock = StartupClock(process_start())
+    clock.mark("imports", at=IMPORTED)  # the interpreter and the imports
+    clock.mark("config")  # reading the flags and the recipe (in process, also whatever ran there before)
     check_model_name(cfg.model)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     accelerator = make_accelerator(cfg)
     run_dir = claim_run_dir(cfg, accelerator)
     set_seed(cfg.seed)
-    inp = build_inputs(cfg, accelerator)
+    clock.mark("accelerator")
+    inp = build_inputs(cfg, accelerator, clock)
     model, rules = build_model(cfg, len(inp.data.classes))
     n_params = sum(p.numel() for p in model.parameters())
-    rf = receptive_field(model)
+    rf_rows = rf_table(model)  # once: the header's RF and receptive_field.md
+    rf = rf_rows[-1].rf if rf_rows else receptive_field(model)
+    clock.mark("model")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
@@ -280,10 +334,13 @@ def setup(cfg: TrainConfig) -> Job:
     inp.train_loader, inp.test_loader = train_loader, test_loader
     if inp.val_loader is not None:
         inp.val_loader = accelerator.prepare(inp.val_loader)
-    scheduler = accelerator.prepare(make_scheduler(cfg, optimizer, len(train_loader), len(inp.train_ds)))
+    peak_lr = cfg.peak_lr(accelerator.num_processes)
+    scheduler = accelerator.prepare(make_scheduler(cfg, optimizer, len(train_loader), len(inp.train_ds), peak_lr))
     ema = (ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
            if cfg.ema_decay > 0 else None)
+    train_model = compile_model(model, cfg.compile)
     log = tracking.RunLog(run_dir, enabled=accelerator.is_main_process)  # the folder appears only now
+    clock.mark("prepare")
 
     state = {"model": cfg.model, "elapsed_before": 0.0}
     if cfg.resume:
@@ -291,17 +348,24 @@ def setup(cfg: TrainConfig) -> Job:
         if accelerator.is_main_process:
             tracking.truncate_metrics(run_dir, state["epoch"])
     elif accelerator.is_main_process:
-        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rules, inp.transform)
+        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rules, rf_rows, inp.transform)
+    state.update(peak_lr=peak_lr, global_batch_size=cfg.batch_size * accelerator.num_processes)
     rule_summary = {r.name: "PASS" if r.passed else "FAIL" for r in rules}
     tracking.init_wandb(accelerator, cfg, run_dir, run_dir.name,
-                        {"parameters": n_params, "receptive_field": rf, "rules": rule_summary})
+                        {"parameters": n_params, "receptive_field": rf, "rules": rule_summary,
+                         "peak_lr": peak_lr, "global_batch_size": state["global_batch_size"],
+                         "data_source": inp.data.source, "data_mean": [float(v) for v in inp.mean],
+                         "data_std": [float(v) for v in inp.std]})
+    clock.mark("run_files")
 
-    job = Job(cfg, accelerator, run_dir, log, inp, model, optimizer, scheduler, ema,
+    job = Job(cfg, accelerator, run_dir, log, inp, model, train_model, optimizer, scheduler, ema,
               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), state,
-              start_epoch=state.get("epoch", 0) + 1, started=time.time() if cfg.resume else process_start())
+              start_epoch=state.get("epoch", 0) + 1, started=time.time() if cfg.resume else process_start(),
+              startup=clock)
     _log_header(job, n_params, rf, rules)
     if not cfg.resume:
         checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", 0, state, ema)
+    clock.mark("checkpoint")
     return job
 
 
@@ -314,19 +378,51 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
     log.line(f"rules: {'ALL PASS' if not failed else 'FAIL: ' + ', '.join(failed) + ' (--allow-rule-violations)'}")
     log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
              f"{acc.distributed_type}, precision {acc.mixed_precision}")
+    log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
+             f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
+             f"threads, {resolve_workers(cfg.workers)} loader workers per process")
+    log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
+             f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
+             + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))
     n_val = len(inp.val_loader.dataset) if inp.val_loader is not None else 0
     log.line(f"data: {inp.data.source}: {len(inp.train_ds):,} train / {n_val:,} validation / "
              f"{len(inp.test_x):,} test images, {len(inp.data.classes)} classes")
     log.line(f"run folder: {job.run_dir}  (W&B: {cfg.wandb_mode}); shipped weights: "
              f"{'best validation epoch' if n_val else 'final epoch'}")
     if not cuda and acc.is_main_process:
+        job.startup.mark("header")
         est = cpu_epoch_estimate(acc.unwrap_model(job.model), cfg, len(inp.train_ds) // acc.num_processes,
                                  (len(inp.test_x) + n_val) // acc.num_processes, len(inp.data.classes))
+        job.startup.mark("cpu_estimate")
         left = cfg.epochs - job.start_epoch + 1
         log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} "
                  f"({left} epochs to go: about {_duration(est * left)})")
     if cfg.resume:
         log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
+
+
+def record_startup(job: Job, tr: EpochResult) -> None:
+    """RUN/startup.json and a log line: each start-up phase of this launch (they add up to `seconds`), to the end
+    of its first training step. `first_step_excess_seconds` is what the first step took beyond the second: the
+    compile with --compile, else the warm-up of kernels (and cuDNN's autotuning)."""
+    clock = job.startup
+    clock.mark("workers", at=clock.last + tr.first_batch_seconds)  # worker start and the first batch
+    clock.mark("first_step", at=clock.last + tr.first_step_seconds)
+    excess = (max(tr.first_step_seconds - tr.second_step_seconds, 0.0)
+              if tr.second_step_seconds is not None else None)
+    cfg, acc = job.cfg, job.accelerator
+    out = {"seconds": clock.last - clock.origin, "phases": clock.phases, "first_step_excess_seconds": excess,
+           "compile": cfg.compile, "data_from_cache": job.inp.data.from_cache, "resumed": bool(cfg.resume),
+           "epoch": job.start_epoch,
+           # what the run used, as resolved on this machine
+           "device": torch.cuda.get_device_name() if acc.device.type == "cuda" else "CPU",
+           "processes": acc.num_processes, "precision": acc.mixed_precision, "peak_lr": job.state["peak_lr"],
+           "workers": resolve_workers(cfg.workers), "threads": torch.get_num_threads()}
+    if acc.is_main_process:
+        checkpoint.write_atomic(job.run_dir / STARTUP_FILE, json.dumps(out, indent=1) + "\n")
+    job.log.line(f"start-up: {out['seconds']:.1f} s from process start to the end of the first step ("
+                 + ", ".join(f"{k} {v:.2f}" for k, v in clock.phases.items()) + " s)")
+    job.startup = None
 
 
 def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
@@ -335,9 +431,14 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     inp.train_loader.set_epoch(epoch)  # shuffle order from (seed, epoch): a resumed run replays it
     inp.train_ds.set_epoch(epoch)      # augmentation stream from (seed, epoch, rank, worker)
     steps = len(inp.train_loader)
-    tr = train_one_epoch(acc, job.model, inp.train_loader, job.optimizer, job.scheduler, job.criterion, inp.mean,
-                         inp.std, epoch=epoch, channels_last=cfg.channels_last, ema=job.ema,
-                         ema_step=(epoch - 1) * steps, progress=progress)
+    if job.startup is not None:
+        job.startup.mark("loop")
+    tr = train_one_epoch(acc, job.train_model, inp.train_loader, job.optimizer, job.scheduler, job.criterion,
+                         inp.mean, inp.std, epoch=epoch, channels_last=cfg.channels_last, ema=job.ema,
+                         ema_step=(epoch - 1) * steps, progress=progress,
+                         on_step=tracking.step_logger(acc, cfg, (epoch - 1) * steps, cfg.epochs * steps))
+    if job.startup is not None:
+        record_startup(job, tr)
     evaluate = dict(channels_last=cfg.channels_last, progress=progress)
     va = validate(acc, job.eval_model, inp.val_loader, inp.mean, inp.std, desc="val", **evaluate) \
         if inp.val_loader is not None else None
@@ -348,7 +449,7 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     wall = job.state["elapsed_before"] + time.time() - job.started
     row = epoch_row(epoch, tr, te, va, wall)
     job.log.metrics(row)
-    acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    acc.log(tracking.epoch_values(row))  # namespaced, against `epoch` (tracking.init_wandb)
     val_txt = f"val acc {va.accuracy:6.2f}% | " if va else ""
     job.log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | {val_txt}"
                  f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%) | "
