@@ -77,39 +77,21 @@ TTA_ONLY_NOTE = ("Runs from before issue 8 measured test accuracy with flip TTA 
                  "its mirror); their figure without TTA was not measured.")
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}%"
-
-
-def _reached(res: dict, suffix: str) -> str:
-    """When a run first reached its target on one test figure ("" no TTA, "_tta" flip TTA):
-    "epoch 69, 250.6 s", "not in 20 epochs", or "–" where that figure was not measured."""
-    if res["final_test_acc" + suffix] is None:
-        return "–"
-    epoch = res["epoch_to_target" + suffix]
-    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {res['epochs']} epochs"
-
-
-def _target_label(results: list[dict]) -> str:
-    targets = {res["target_acc"] for res in results}
-    return f"{targets.pop():g}%" if len(targets) == 1 else "target"
-
-
 def block_results() -> str:
-    from trainer.report import rules_label, run_results
+    from trainer.report import pct_cell, reached_cell, rules_label, run_results, target_label
 
     results = {run.name: run_results(run) for run in _runs()}
     if not results:
         return "(no committed results yet)"
-    target = _target_label(list(results.values()))
+    target = target_label(list(results.values()))
     lines = [f"| run | model | where | epochs | rules | test acc, no TTA | test acc, flip TTA | shipped weights | "
              f"{target} reached, no TTA | {target} reached, flip TTA | params | RF |", "|---" * 12 + "|"]
     for name, res in results.items():
         lines.append(f"| [{name}](results/{name}/report.md) | {res['config'].get('model', '?')} | "
                      f"{_info(RESULTS / name).get('where', '?')} | {res['epochs']} | "
-                     f"{rules_label(res['rules_failed'])} | {_cell(res['final_test_acc'])} | "
-                     f"{_cell(res['final_test_acc_tta'])} | epoch {res['selected_epoch']}, {res['selected_by']} | "
-                     f"{_reached(res, '')} | {_reached(res, '_tta')} | "
+                     f"{rules_label(res['rules_failed'])} | {pct_cell(res['final_test_acc'])} | "
+                     f"{pct_cell(res['final_test_acc_tta'])} | epoch {res['selected_epoch']}, {res['selected_by']} | "
+                     f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | "
                      f"{res['parameters']:,} | {res['receptive_field']} |")
     lines += ["", "Test accuracy is the final epoch's, on the full test split, without and with flip TTA; "
               "\"shipped weights\" is the epoch whose weights the run folder ships and how it was picked; "
@@ -121,11 +103,11 @@ def block_results() -> str:
 
 def block_speed() -> str:
     """Time to accuracy and where the time went, from each run's time_to_accuracy.json and metrics."""
-    from trainer.report import run_results
+    from trainer.report import reached_cell, run_results, target_label
 
     timed = {run.name: (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
              for run in _runs() if (run / "time_to_accuracy.json").is_file()}
-    target = _target_label([res for _, res in timed.values()])
+    target = target_label([res for _, res in timed.values()])
     lines = [f"| run | where | start-up s | training s (waiting for data) | evaluation s | {target} reached, no TTA | "
              f"{target} reached, flip TTA | loader img/s (workers) | training step img/s |", "|---" * 9 + "|"]
     for name, (t, res) in timed.items():
@@ -134,7 +116,7 @@ def block_speed() -> str:
                 if "step_images_per_s" in t else "–")
         lines.append(f"| {name} | {_info(RESULTS / name).get('where', '?')} | {t['startup_seconds']:.1f} | "
                      f"{t['train_seconds']:.1f} ({t['data_wait_seconds']:.1f}) | {t['test_seconds']:.1f} | "
-                     f"{_reached(res, '')} | {_reached(res, '_tta')} | {loader} | {step} |")
+                     f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | {loader} | {step} |")
     if "s7-default" in timed:
         t, default = timed["s7-default"][0], timed["s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])
@@ -290,7 +272,6 @@ def block_robustness() -> str:
     return "\n".join(lines)
 
 
-
 def _speed_lines() -> list[dict]:
     return [json.loads(text) for path in sorted((RESULTS / "speed").glob("*.jsonl"))
             for text in path.read_text().splitlines() if text.strip()]
@@ -303,6 +284,8 @@ def _num(value, fmt: str = ",.0f") -> str:
 def block_speed_options() -> str:
     """Issue 10: every JSON line committed in results/speed/*.jsonl (benchmarks/gpu_speed.py through the harness
     benchmarks/time_to_accuracy.py) as tables: runs to the target, the bare training step, the loader."""
+    from trainer.report import pct_cell, reached_cell
+
     lines = _speed_lines()
     if not lines:
         return ("No speed measurement is committed yet: `benchmarks/gpu_speed.py` (one GPU run of at most 9 minutes, "
@@ -314,13 +297,11 @@ def block_speed_options() -> str:
         out += ["", "| run | precision | batch, peak lr | compile | channels_last | cudnn.benchmark | non_blocking | "
                 "workers | start-up s | loop img/s | target reached, no TTA | final test acc |", "|---" * 12 + "|"]
         for r in runs:
-            reached = (f"epoch {r['epoch_to_target']}, {r['seconds_to_target']:.1f} s" if r["epoch_to_target"]
-                       else f"not in {r['epochs']} epochs")
             out.append(f"| {Path(r['run']).name} | {r['precision']} | {r['batch_size']}, {_num(r['peak_lr'], '.3g')} | "
                        f"{r['compile']} | {r['channels_last']} | {r['cudnn_benchmark']} | {r['non_blocking']} | "
                        f"{_num(r['workers'], 'd')} | {_num(r['startup_seconds'], '.1f')} | "
-                       f"{_num(r['loop_images_per_s'])} | {reached} (target {r['target']:g}%) | "
-                       f"{_num(r['final_test_acc'], '.2f')}% |")
+                       f"{_num(r['loop_images_per_s'])} | {reached_cell(r)} (target {r['target']:g}%) | "
+                       f"{pct_cell(r['final_test_acc'])} |")
         out += ["", "Start-up: process start to the end of the first training step; seconds to the target count from "
                 "process start too; loop img/s: the median epoch after the first."]
     steps = [r for r in lines if r["kind"] == "step"]
@@ -338,6 +319,7 @@ def block_speed_options() -> str:
     if skipped:
         out += ["", "Not measured (the run's time was up): " + "; ".join(skipped) + "."]
     return "\n".join(out)
+
 
 COMPARE_PNG = RESULTS / "compare" / "committed.png"
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.report import _series, pct, rules_label, run_results
+from trainer.report import _series, pct_cell, reached_cell, rules_label, run_results, target_label
 
 BEST_LABEL = "best (picked on test, for reference only)"
 LEGEND = ("final = the last epoch's test accuracy (the headline); best = the highest test accuracy of any epoch, "
@@ -94,24 +94,16 @@ def short_labels(paths: list[Path]) -> list[str]:
 
 
 def _reached(res: dict[str, Any], suffix: str, show_target: bool) -> str:
-    """"epoch 3, 12.0 s", "not in 20 epochs", or "–" when that test figure was not measured."""
-    if res["final_test_acc" + suffix] is None:
-        return "–"
-    epoch = res["epoch_to_target" + suffix]
-    text = f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {res['epochs']} epochs"
-    return f"{res['target_acc']:g}%: {text}" if show_target else text
-
-
-def _cell(value: float | None) -> str:
-    return "–" if value is None else pct(value)
+    """`reached_cell`, prefixed with the run's own target where the runs' targets differ."""
+    text = reached_cell(res, suffix)
+    return f"{res['target_acc']:g}%: {text}" if show_target and text != "–" else text
 
 
 def compare_table(runs: list[dict[str, Any]], labels: list[str] | None = None) -> str:
     """Markdown table of `summarize` results, one row per run, with its legend below. A column of final
     validation accuracy appears when any run holds out a validation split."""
     labels = labels or short_labels([r["path"] for r in runs])
-    targets = {r["target_acc"] for r in runs}
-    target = f"{next(iter(targets)):g}%" if len(targets) == 1 else "target"
+    target, several = target_label(runs), len({r["target_acc"] for r in runs}) > 1
     with_val = any(r["final_val_acc"] is not None for r in runs)
     head = ["run", "model", "recipe", "params", "RF", "epochs", "final test acc, no TTA", "final test acc, flip TTA",
             f"{BEST_LABEL}, no TTA", f"{BEST_LABEL}, flip TTA"]
@@ -122,10 +114,10 @@ def compare_table(runs: list[dict[str, Any]], labels: list[str] | None = None) -
         cfg = r["config"]
         cells = [label, cfg.get("model", "?"), cfg.get("recipe") or "custom",
                  f"{r['parameters']:,}" if r["parameters"] else "?", str(r["receptive_field"] or "?"),
-                 str(r["epochs"]), _cell(r["final_test_acc"]), _cell(r["final_test_acc_tta"]),
-                 _cell(r["best_test_acc"]), _cell(r["best_test_acc_tta"])]
-        cells += [_cell(r["final_val_acc"])] if with_val else []
-        cells += [_reached(r, "", len(targets) > 1), _reached(r, "_tta", len(targets) > 1),
+                 str(r["epochs"]), pct_cell(r["final_test_acc"]), pct_cell(r["final_test_acc_tta"]),
+                 pct_cell(r["best_test_acc"]), pct_cell(r["best_test_acc_tta"])]
+        cells += [pct_cell(r["final_val_acc"])] if with_val else []
+        cells += [_reached(r, "", several), _reached(r, "_tta", several),
                   "–" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}", r["device"],
                   rules_label(r["rules_failed"])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import yaml
 
 import models  # noqa: F401  (registers the s7 nets)
-from trainer.checkpoint import WEIGHTS_DIR, CheckpointError, load_weights
+from trainer.checkpoint import STATE_FILE, WEIGHTS_DIR, CheckpointError, load_weights
 from trainer.dataset import load_data
 from trainer.loop import normalize
-from trainer.report import per_class_markdown
+from trainer.report import model_meta, per_class_markdown
 from trainer.tracking import weights_path
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -29,25 +30,59 @@ def _weights_file(path: Path) -> Path:
     raise CheckpointError(f"{path}: no weights found (expected a .safetensors file, a run folder or {WEIGHTS_DIR}/)")
 
 
+def _named_in(path: Path) -> str | None:
+    """The "model" a checkpoint's state.json or a run's config.yaml names; None if absent or unreadable."""
+    try:
+        found = yaml.safe_load(path.read_text()) if path.is_file() else None  # JSON is YAML
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return found.get("model") if isinstance(found, dict) and isinstance(found.get("model"), str) else None
+
+
+def weights_meta(weights: Path, meta: dict) -> tuple[dict, str]:
+    """Which net the weights file `weights` belongs to, and where that is said: the one place that answers it.
+    The file's own metadata (the shipped RUN/model/ weights, `save_weights`) comes first. Accelerate writes
+    none into a checkpoint's weights (RUN/checkpoints/epoch-N/), so there the checkpoint's state.json, else
+    the run folder's config.yaml, names the net, and the run's shipped meta.json gives the classes, mean and
+    std the checkpoint was trained with. Returns `meta` so completed, and the source, for messages."""
+    if meta.get("model"):
+        return meta, f"{weights}'s metadata"
+    folder = weights.parent
+    run = folder.parent.parent if folder.parent.name == "checkpoints" else None
+    for source in (folder / STATE_FILE, run / "config.yaml" if run else None):
+        name = _named_in(source) if source else None
+        if name:
+            trained = {k: v for k, v in model_meta(run).items() if k in ("classes", "mean", "std")} if run else {}
+            return {**trained, **meta, "model": name}, str(source)
+    return meta, ""
+
+
 def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The model with its weights and its meta (classes, mean, std), all without unpickling. `path`: a run
-    folder, weights folder or .safetensors file, or a W&B model artifact (`entity/project/name:alias`)."""
+    folder, checkpoint folder, weights folder or .safetensors file, or a W&B model artifact
+    (`entity/project/name:alias`). The net is the one `weights_meta` finds; `model_name` only where none is
+    found, and refused where it names another (s7 and s7_dilated share every tensor shape, so the weights
+    would load into the wrong net without complaint)."""
     weights = _weights_file(weights_path(path))  # a W&B artifact reference is downloaded first (online)
     state, meta = load_weights(weights)
+    meta, source = weights_meta(weights, meta)
     stored = meta.get("model")
-    if model_name and stored and model_name != stored:  # s7 and s7_dilated share every tensor shape
-        raise CheckpointError(f"{weights}: weights are for model {stored!r}, not {model_name!r} "
-                              f"(drop --model, or pass --model {stored})")
+    if model_name and stored and model_name != stored:
+        raise CheckpointError(f"--model {model_name}: {weights} holds model {stored!r} (named in {source}); "
+                              "drop --model")
     name = model_name or stored
     if not name:
-        raise CheckpointError(f"{weights}: the file does not say which model it holds; pass --model")
+        raise CheckpointError(f"{weights}: neither the file nor a run folder around it says which model it holds; "
+                              "pass --model")
+    if not timm.is_model(name):
+        raise CheckpointError(f"{name}: not a registered model (the s7 nets: {', '.join(models.MODEL_NAMES)})")
     classes = meta.get("classes") or CIFAR10_CLASSES
     model = timm.create_model(name, num_classes=len(classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit model {name!r} ({str(e).splitlines()[0]})") from None
-    model = model.to(memory_format=torch.channels_last)  # inference on the CPU runs about 1.6x faster so
+    model = model.to(memory_format=torch.channels_last)  # CPU inference runs about 1.6x faster in NHWC
     return model.eval(), {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, **meta, "model": name, "classes": classes}
 
 
@@ -83,12 +118,18 @@ def data_source(source: str, data: str | None) -> str:
     return source.replace(str(Path(data).expanduser().resolve()), data) if data else source
 
 
-def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
-    """`s7 evaluate`: test accuracy without and with flip TTA, and per-class accuracy, of saved weights."""
-    model, meta = load_classifier(path, model_name)
+def load_matching_data(path: str, meta: dict, data: str | None, data_dir: str):
+    """The dataset at `data`, refused in one line unless its classes are those the weights at `path` learned."""
     d = load_data(data, data_dir)
     if list(d.classes) != list(meta["classes"]):
         raise CheckpointError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
+    return d
+
+
+def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
+    """`s7 evaluate`: test accuracy without and with flip TTA, and per-class accuracy, of saved weights."""
+    model, meta = load_classifier(path, model_name)
+    d = load_matching_data(path, meta, data, data_dir)
     plain, tta = (p.argmax(1) for p in predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size))
     n, right, right_tta = len(d.test_y), int((plain == d.test_y).sum()), int((tta == d.test_y).sum())
     print(f"{meta['model']} on {d.source}: test accuracy {100.0 * right / n:.2f}% ({right}/{n}), "

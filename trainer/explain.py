@@ -128,11 +128,10 @@ def true_labels(images: list[str], classes: list[str], labels: str | None) -> li
 def explain_command(path: str, images: list[str], out: str, top: int, labels: str | None,
                     model_name: str | None, per_row: int = 2) -> int:
     """`s7 explain`: per image, its predicted class (plain forward pass, no TTA: the maps explain that pass)
-    and the class activation maps of its `top` classes, drawn to `out`; one line per image printed."""
+    and the class activation maps of its `top` classes, drawn to `out` (a .png path, checked by the command
+    line: cli.Output); one line per image printed."""
     if not 1 <= top <= 3:
         raise ValueError(f"--top {top}: must be 1, 2 or 3")
-    if not out.lower().endswith(".png"):
-        raise ValueError(f"--out {out}: must be a .png file")
     model, meta = load_classifier(path, model_name)
     classes = list(meta["classes"])
     truth = true_labels(images, classes, labels)

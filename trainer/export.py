@@ -195,23 +195,19 @@ def export_command(path: str, onnx_path: str, int8: bool, model_name: str | None
                    data_dir: str) -> int:
     """`s7 export`: write the ONNX file (and with --int8 its quantised twin); with --data, measure both on the
     test split and write the figures to FILE.json beside it."""
-    from trainer.dataset import load_data, subset
-    from trainer.evaluate import data_source, load_classifier
+    from trainer.dataset import subset
+    from trainer.evaluate import data_source, load_classifier, load_matching_data
 
-    out = Path(onnx_path)
-    if out.suffix != ".onnx":
-        raise ValueError(f"--onnx {onnx_path}: must end in .onnx")
+    out = Path(onnx_path)  # its suffix and place are checked by the command line (cli.Output)
     if int8 and data is None:
         raise ValueError("--int8 calibrates on training images: give --data")
     model, meta = load_classifier(path, model_name)
+    d = None if data is None else load_matching_data(path, meta, data, data_dir)  # bad --data: nothing written
     files = {"onnx fp32": export_onnx(model, meta, out)}
     print(f"wrote {out} ({out.stat().st_size / 1024:,.0f} KiB): input {INPUT} uint8 (N, 32, 32, 3) RGB 0-255, "
           f"output {OUTPUT} (N, {len(meta['classes'])})")
-    if data is None:
+    if d is None:
         return 0
-    d = load_data(data, data_dir)
-    if list(d.classes) != list(meta["classes"]):
-        raise ValueError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
     if int8:
         calib, _ = subset(d.train_x, d.train_y, CALIBRATION_IMAGES)
         q = quantize_int8(out, out.with_suffix(".int8.onnx"), calib)

@@ -122,12 +122,17 @@ def confusion_matrix(preds: np.ndarray, labels: np.ndarray, n: int) -> np.ndarra
     return m
 
 
+def per_class_rows(preds: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[list]:
+    """[class, test images, correct, accuracy %] per class (per_class.md, the W&B per-class table)."""
+    m = confusion_matrix(preds, labels, len(classes))
+    return [[c, int(m[i].sum()), int(m[i, i]), 100.0 * m[i, i] / max(int(m[i].sum()), 1)]
+            for i, c in enumerate(classes)]
+
+
 def per_class_markdown(preds: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
     m = confusion_matrix(preds, labels, len(classes))
     lines = ["| class | test images | correct | accuracy |", "|---|---|---|---|"]
-    for i, c in enumerate(classes):
-        total = int(m[i].sum())
-        lines.append(f"| {c} | {total} | {int(m[i, i])} | {100 * m[i, i] / max(total, 1):.2f}% |")
+    lines += [f"| {c} | {total} | {right} | {acc:.2f}% |" for c, total, right, acc in per_class_rows(preds, labels, classes)]
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(c[:5] for c in classes) + " |", "|---" * (len(classes) + 1) + "|"]
     lines += [f"| {c} | " + " | ".join(str(int(v)) for v in m[i]) + " |" for i, c in enumerate(classes)]
@@ -311,6 +316,27 @@ def _num(value: float | None, fmt: str) -> str:
 def pct(value: float | None) -> str:
     """An accuracy as "88.80%", or "not measured" for None."""
     return NOT_MEASURED if value is None else f"{value:.2f}%"
+
+
+def pct_cell(value: float | None) -> str:
+    """An accuracy as a table cell: "88.80%", or "–" where it was not measured."""
+    return "–" if value is None else f"{value:.2f}%"
+
+
+def reached_cell(res: dict[str, Any], suffix: str = "") -> str:
+    """When a run first reached its target on one test figure ("" no TTA, "_tta" flip TTA), as a table cell:
+    "epoch 69, 250.6 s", "not in 20 epochs", or "–" where that figure was not measured. `res`: `run_results`
+    of a run folder, or a line of benchmarks/time_to_accuracy.py (the same keys)."""
+    if res["final_test_acc" + suffix] is None:
+        return "–"
+    epoch = res["epoch_to_target" + suffix]
+    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {res['epochs']} epochs"
+
+
+def target_label(results: list[dict[str, Any]]) -> str:
+    """The runs' common target as a column label ("87%"), or "target" when they differ."""
+    targets = {res["target_acc"] for res in results}
+    return f"{targets.pop():g}%" if len(targets) == 1 else "target"
 
 
 def log_table(rows: list[dict], every: int = 1) -> str:

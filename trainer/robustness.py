@@ -131,16 +131,17 @@ def robustness_png(r: dict, path: Path) -> None:
 
 def robustness_command(path: str, data: str | None, data_dir: str, out: str, limit: int, seed: int,
                        model_name: str | None) -> int:
-    """`s7 robustness`: write OUT/<model>.json, .md and .png for the weights at `path`."""
-    from trainer.dataset import load_data, subset
-    from trainer.evaluate import data_source, load_classifier
+    """`s7 robustness`: write OUT/<model>.json, .md and .png for the weights at `path`. A --limit above the test
+    split's size is refused rather than run on the whole split: the figures would then be recorded under a
+    subset the user did not get (a typo in N, or the wrong --data), and 0 already means all."""
+    from trainer.dataset import subset
+    from trainer.evaluate import data_source, load_classifier, load_matching_data
 
-    if limit < 0:
-        raise ValueError(f"--limit {limit}: must be 0 (all) or more")
     model, meta = load_classifier(path, model_name)
-    d = load_data(data, data_dir)
-    if list(d.classes) != list(meta["classes"]):
-        raise ValueError(f"{path}: trained on classes {meta['classes']}, but {d.source} has {d.classes}")
+    d = load_matching_data(path, meta, data, data_dir)
+    if limit > len(d.test_y):
+        raise ValueError(f"--limit {limit}: the test split of {d.source} has {len(d.test_y):,} images "
+                         "(0 takes them all)")
     x, y = subset(d.test_x, d.test_y, limit)
     start = time.perf_counter()
     r = robustness(model, meta["mean"], meta["std"], x, y, seed, progress=print)

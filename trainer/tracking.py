@@ -55,14 +55,21 @@ class RunLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; the last row for an epoch wins (a resumed run may repeat one)."""
+    """Rows of metrics.jsonl; the last row for an epoch wins (a resumed run may repeat one). A line that is not
+    a JSON row with an "epoch" is a ValueError naming the file and the line."""
     rows: dict[int, dict[str, Any]] = {}
     path = Path(run_dir) / "metrics.jsonl"
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                rows[row["epoch"]] = row
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError(f"{path}: line {number} is not a row of an epoch (no whole-number \"epoch\")")
+            rows[row["epoch"]] = row
     return [rows[k] for k in sorted(rows)]
 
 
@@ -231,13 +238,10 @@ def per_class_table(run_dir: Path) -> list[list] | None:
         return None
     import numpy as np
 
-    from trainer.report import confusion_matrix  # here: report imports this module
+    from trainer.report import per_class_rows  # here: report imports this module
 
     p = np.load(path)
-    classes = [str(c) for c in p["classes"]]
-    m = confusion_matrix(p["preds"], p["labels"], len(classes))
-    return [[c, int(m[i].sum()), int(m[i, i]), 100.0 * m[i, i] / max(int(m[i].sum()), 1)]
-            for i, c in enumerate(classes)]
+    return per_class_rows(p["preds"], p["labels"], [str(c) for c in p["classes"]])
 
 
 def log_model_artifact(run, cfg, run_dir: Path) -> None:
