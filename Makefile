@@ -4,7 +4,6 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
-CONFIG  ?= accelerate_config.yaml
 MODEL   ?= s7
 
 DATA    ?= ../shared/data/cifar10-jpeg.tar.gz
@@ -13,17 +12,20 @@ DATA    ?= ../shared/data/cifar10-jpeg.tar.gz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 
 # Reinstall only when pyproject.toml changes, so a second `make test` starts at once.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
+# One process, as accelerate_config.yaml describes, started by Python itself: `accelerate launch` would run it as a
+# child and answer any non-zero exit with a CalledProcessError traceback (or, with -q, exit 1 in place of the
+# trainer's 2, 3 or 130). Several processes: torchrun or accelerate launch, as the README shows.
 train: $(STAMP)
-	$(BIN)/accelerate launch --config_file $(CONFIG) trainer/main.py --model $(MODEL) $(ARGS)
+	$(BIN)/python trainer/main.py --model $(MODEL) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

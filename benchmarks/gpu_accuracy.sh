@@ -16,12 +16,7 @@
 # QUICK=1 shrinks every run to one epoch of batch 128 on a subset, to rehearse the script on a CPU.
 # *_EPOCHS override a recipe's epochs (e.g. when a rehearsal shows the budget does not fit).
 set -u
-OUT=${OUT:-/tmp/s7-out}; mkdir -p "$OUT"
-python3 -c "import albumentations, torchinfo" 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-}
-export PYTHONPATH=$PWD:${PYTHONPATH:-} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 DATA=${DATA:-.gpu/cifar10-jpeg.tar.gz} DD=${DD:-/tmp/s7-data} RUNS=${RUNS:-/tmp/s7-runs}
 LIMIT=${LIMIT:-480}                       # seconds each run may take (the whole session: about 8 minutes)
 CORES=$(nproc); WORKERS=${WORKERS:-$(( CORES / 4 > 1 ? CORES / 4 - 1 : 1 ))}   # per run: its share less the trainer

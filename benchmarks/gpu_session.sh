@@ -7,12 +7,7 @@
 #   3. s7 long recipe, s7_dilated and s7_strided side by side, the cores split between them.
 # QUICK=1 shrinks every run to one epoch on a subset (to rehearse the script on a CPU).
 set -u
-OUT=${OUT:-/tmp/s7-out}; mkdir -p "$OUT"
-python3 -c "import albumentations, torchinfo" 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-}
-export PYTHONPATH=$PWD:${PYTHONPATH:-} NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 DATA=.gpu/cifar10-jpeg.tar.gz DD=/tmp/s7-data RUNS=${RUNS:-/tmp/s7-runs}
 LONG_EPOCHS=${LONG_EPOCHS:-80} SIDE_EPOCHS=${SIDE_EPOCHS:-30} LONG_WORKERS=${LONG_WORKERS:-7} SIDE_WORKERS=${SIDE_WORKERS:-4}
 quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--train-subset 2000 --test-subset 500 --epochs 1) && LONG_EPOCHS=1 SIDE_EPOCHS=1

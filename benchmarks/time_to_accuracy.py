@@ -247,7 +247,7 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x8 = torch.from_numpy(inp.data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.from_numpy(inp.data.train_y[:cfg.batch_size]).to(device)
-    prec = pick_precision(cfg.mixed_precision)
+    prec, _ = pick_precision(cfg.mixed_precision)
     step = step_speed(cfg, x8, y, inp.mean, inp.std, prec, len(inp.data.classes), steps=batches,
                       warmup=warmup)
     out = {"loader_workers": resolve_workers(cfg.workers), "loader_images_per_s": loader_ips,

@@ -93,6 +93,16 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+def unfinished_copy(run: Path, dest: Path) -> Path:
+    """A copy of a finished run as if it had stopped one epoch short: `latest` names the checkpoint before the last
+    (the older of the two kept), so a resume has an epoch left to train and does not stop as complete."""
+    copy = copy_run(run, dest)
+    kept = sorted((copy / "checkpoints").glob("epoch-*"))
+    assert len(kept) >= 2, f"precondition: {run} keeps two checkpoints"
+    (copy / "checkpoints" / "latest").write_text(kept[-2].name)
+    return copy
+
+
 def sub_env(**extra: str) -> dict[str, str]:
     """Environment for subprocess runs: unbuffered, W&B quiet and writing only under the run folder."""
     env = {k: v for k, v in os.environ.items()

@@ -16,10 +16,10 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from runs import PYTHON, REPO, copy_run, flags, assert_same_metrics, sub_env, train_in_process
+from runs import PYTHON, REPO, assert_same_metrics, copy_run, flags, sub_env, train_in_process, unfinished_copy
 from trainer import checkpoint
 from trainer import main as trainer_main
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resume_hint
 from trainer.tracking import read_metrics
 
 
@@ -59,7 +59,7 @@ def test_sigint_exits_130_with_resume_hint_and_resume_matches_uninterrupted_run(
     run = tmp_path / "int"
     assert rc == 130, out
     assert "interrupted (SIGINT) during epoch" in out
-    assert f"resume with: accelerate launch trainer/main.py --resume {run}" in out
+    assert resume_hint(str(run)) in out
     done = saved_epoch(run)
     assert 1 <= done < 4  # the signal came after epoch 2's line: epoch 1 at least is on disk
 
@@ -125,10 +125,11 @@ def test_planted_pickle_would_run_code_if_unpickled_freely(tmp_path):
 @pytest.mark.parametrize("name,fmt", [("optimizer.bin", "torch"), ("optimizer.bin", "legacy"),
                                       ("scheduler.bin", "torch"), ("random_states_0.pkl", "torch")])
 def test_resume_refuses_planted_pickle_without_running_it(baseline, tmp_path, capsys, name, fmt):
-    run = copy_run(baseline, tmp_path / "evil")
+    run = unfinished_copy(baseline, tmp_path / "evil")
     ckpt = checkpoint.latest_checkpoint(run)
     marker = tmp_path / "pwned"
     plant(ckpt / name, marker, fmt)
+    checkpoint.seal(ckpt)  # whoever plants a file can rewrite the manifest too: the loader itself must refuse
     assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "refused to unpickle" in err and str(ckpt) in err
@@ -138,11 +139,12 @@ def test_resume_refuses_planted_pickle_without_running_it(baseline, tmp_path, ca
 # ---------------------------------------------------------------- 7. another model's checkpoint
 
 def test_resume_of_another_models_checkpoint_names_both_models(baseline, tmp_path, capsys):
-    run = copy_run(baseline, tmp_path / "other")
+    run = unfinished_copy(baseline, tmp_path / "other")
     state_file = checkpoint.latest_checkpoint(run) / "state.json"
     state = json.loads(state_file.read_text())
     state["model"] = "s7_dilated"  # same tensor shapes as s7: only the recorded name can tell
     state_file.write_text(json.dumps(state))
+    checkpoint.seal(state_file.parent)  # a consistent checkpoint of another net, not a damaged one
     assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint is for model 's7_dilated', not 's7'" in err
@@ -155,7 +157,7 @@ def test_evaluate_with_another_model_name_on_s7_weights_is_a_clear_error(baselin
                    "--model", "s7_dilated"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error:") and "'s7'" in err and "'s7_dilated'" in err and err.count("\n") == 1
+    assert err.startswith("error:") and "'s7'" in err and "--model s7_dilated" in err and err.count("\n") == 1
 
 
 def test_evaluate_of_weights_that_do_not_fit_is_a_clear_error(baseline, data, tmp_path, capsys):

@@ -120,7 +120,7 @@ def test_two_process_resume_equals_uninterrupted_two_process_run(ddp_run, data, 
 def test_world_size_that_disagrees_with_accelerate_is_a_clear_error(monkeypatch):
     """Launched as 2 processes while Accelerate runs 1 (e.g. a plain Accelerator() under torchrun on CPUs)."""
     Accelerator(cpu=True)  # this process's Accelerate state: one process, not distributed
-    cfg = TrainConfig(wandb_mode="disabled")
+    cfg = TrainConfig(wandb_mode="disabled", mixed_precision="no")  # as the state above
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert trainer_main.make_accelerator(cfg).num_processes == 1  # agreeing: fine
     monkeypatch.setenv("WORLD_SIZE", "2")

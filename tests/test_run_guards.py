@@ -11,7 +11,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from runs import copy_run, flags, train_in_process
+from runs import flags, train_in_process, unfinished_copy
+from trainer import checkpoint
 from trainer.tracking import read_metrics
 
 
@@ -95,7 +96,7 @@ def test_an_s7_run_records_its_rule_check(weak_run):
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_resuming_with_another_number_of_processes_is_refused(baseline, tmp_path, capsys, legacy):
-    run = copy_run(baseline, tmp_path / "r")
+    run = unfinished_copy(baseline, tmp_path / "r")
     ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     state = json.loads((ckpt / "state.json").read_text())
     assert state["num_processes"] == 1
@@ -105,6 +106,7 @@ def test_resuming_with_another_number_of_processes_is_refused(baseline, tmp_path
     else:
         state["num_processes"] = 2
     (ckpt / "state.json").write_text(json.dumps(state))
+    checkpoint.seal(ckpt)  # consistent, as such a run would have written it
     rows = read_metrics(run)
     assert train_in_process(["--resume", str(run), "--wandb-mode", "disabled"]) == 2
     assert "trained with 2 process(es); resume it with 2, not 1" in one_line_error(capsys)

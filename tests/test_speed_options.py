@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -21,6 +22,14 @@ from trainer import checkpoint
 from trainer import main as trainer_main
 from trainer.config import TrainConfig, resolve
 from trainer.tracking import read_metrics
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the Linux kernel reports them: a source independent of torch's own checks."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return {flag for line in lines if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
 
 QUICK = ("--train-subset", "300")  # 9 steps of 32 per epoch
 
@@ -67,7 +76,7 @@ def test_threads_cudnn_benchmark_and_asynchronous_copies_are_set_for_the_steps(d
     torch.set_num_threads(2)
     seen = probed(data, tmp_path, "off")
     assert (seen["threads"], seen["cudnn_benchmark"], seen["non_blocking"]) == (2, False, False)  # as before
-    assert seen["compiled"] is False and seen["autocast"] is False  # fp32 eager on the CPU by default
+    assert seen["compiled"] is False and seen["autocast"] is False  # eager, and fp32 as the smoke recipe says
     assert seen["conv_output_dtype"] == "torch.float32"
 
 
@@ -83,6 +92,33 @@ def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
                                                                                      "torch.bfloat16")
     assert seen["input_dtype"] == "torch.float32"  # autocast casts inside the net, the batch stays fp32
     assert json.loads((tmp_path / "bf16" / trainer_main.STARTUP_FILE).read_text())["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_auto_precision_autocasts_to_bf16_exactly_where_the_cpu_has_it_natively(data, tmp_path):
+    # its own process: Accelerate fixes the precision once per process
+    out = tmp_path / "seen.json"
+    argv = flags(data, tmp_path, "auto", *QUICK, "--mixed-precision", "auto", epochs=2)
+    p = subprocess.run([PYTHON, "tests/probe.py", str(out), *argv], cwd=REPO, env=sub_env(), capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    seen = json.loads(out.read_text())
+    assert seen["autocast_dtype" if seen["autocast"] else "conv_output_dtype"] == (
+        "torch.bfloat16" if native else "torch.float32")
+    log = (tmp_path / "auto" / "train.log").read_text()
+    assert ("precision bf16 (auto: the CPU has native bf16" if native else "precision no (auto: the CPU has no") in log
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                         (False, False, "no")])
+def test_auto_precision_on_a_cpu_follows_its_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    precision, why = trainer_main.pick_precision("auto")
+    assert precision == expected and why.startswith("auto: the CPU has")
+    assert trainer_main.pick_precision("no") == ("no", "--mixed-precision no")  # a choice given is kept
 
 
 def test_fp16_on_the_cpu_is_refused_in_one_line_not_run_in_fp32(monkeypatch):

@@ -5,9 +5,13 @@ Safety: model weights are safetensors; everything else Accelerate loads with `we
 (numpy's RNG arrays allow-listed), so a planted pickle is refused, never executed. Our own state
 (epoch, best accuracy) is plain JSON, not `register_for_checkpointing` (which unpickles freely).
 A crash mid-write leaves a half-written `epoch-N/` that no pointer names: the last good one stands.
+Integrity: each checkpoint's last file, written atomically, is manifest.json with the sha256 of every other file;
+a resume verifies it first and falls back to the previous checkpoint (the last KEEP are kept) when it does not
+match. The manifest catches damage, not tampering: whoever can rewrite a file can rewrite the manifest too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -21,7 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "state.json"
+MANIFEST = "manifest.json"  # {"sha256": {file name: hex digest}}, written last
 POINTER = "latest"
+KEEP = 2  # checkpoints kept: the newest, and the one a damaged newest falls back to
 WEIGHTS_DIR = "model"  # RUN/model/model.safetensors + meta.json: the weights a run ships
 
 
@@ -60,25 +66,82 @@ def save_checkpoint(accelerator, ckpt_root: Path, epoch: int, state: dict[str, A
             save_file(_plain_state(ema.module), str(target / "ema.safetensors"))
         state = {**state, "epoch": epoch, "num_processes": accelerator.num_processes}
         write_atomic(target / STATE_FILE, json.dumps(state, indent=1))
+        seal(target)
         write_atomic(ckpt_root / POINTER, target.name)
-        for old in ckpt_root.glob("epoch-*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        # keep the KEEP newest up to this one; any later folder is from an abandoned (damaged) timeline
+        folders = sorted(ckpt_root.glob("epoch-*"))
+        kept = [f for f in folders if f.name <= target.name][-KEEP:]
+        for old in set(folders) - set(kept):
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(ckpt_dir: Path) -> None:
+    """Write ckpt_dir/manifest.json (atomically, last): the sha256 of every other file in the folder."""
+    ckpt_dir = Path(ckpt_dir)
+    digests = {p.name: _sha256(p) for p in sorted(ckpt_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_atomic(ckpt_dir / MANIFEST, json.dumps({"sha256": digests}, indent=1))
+
+
+def damage(ckpt_dir: Path) -> str | None:
+    """What is wrong with a checkpoint folder, in a few words, or None when every file its manifest lists is
+    there with the checksum it was written with."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return "the folder is missing"
+    try:
+        digests = json.loads((ckpt_dir / MANIFEST).read_text())["sha256"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (cut short while saving, or saved before checkpoints carried checksums)"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    if STATE_FILE not in digests:
+        return f"{MANIFEST} does not list {STATE_FILE}"
+    for name, digest in digests.items():
+        if not (ckpt_dir / name).is_file():
+            return f"{name} is missing"
+        if _sha256(ckpt_dir / name) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path, list[str]]:
+    """The newest intact checkpoint of a run, from the one `latest` names back, and one line for each newer one
+    passed over as damaged. Raises CheckpointError, naming each one tried, when none is intact."""
+    target = latest_checkpoint(run_dir, complete=False)
+    candidates = [target] + sorted((p for p in target.parent.glob("epoch-*") if p.name < target.name),
+                                   reverse=True)
+    tried: list[tuple[Path, str]] = []
+    for ckpt in candidates:
+        why = damage(ckpt)
+        if why is None:
+            return ckpt, [f"checkpoint {c} is damaged ({w}); resuming from {ckpt.name}" for c, w in tried]
+        tried.append((ckpt, why))
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from ("
+                          + "; ".join(f"{c.name}: {w}" for c, w in tried) + ")")
 
 
 def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The last complete checkpoint folder of a run."""
+def latest_checkpoint(run_dir: Path, complete: bool = True) -> Path:
+    """The checkpoint folder `latest` names (the last one saved); with `complete`, refused without its state.
+    Resuming takes `resume_checkpoint`, which also verifies the files."""
     pointer = Path(run_dir) / "checkpoints" / POINTER
     if not pointer.is_file():
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from (missing {pointer})")
     target = pointer.parent / pointer.read_text().strip()
-    if not (target / STATE_FILE).is_file():
+    if complete and not (target / STATE_FILE).is_file():
         raise CheckpointError(f"{target}: checkpoint is incomplete ({STATE_FILE} missing)")
     return target
 

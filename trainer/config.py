@@ -53,6 +53,9 @@ class TrainConfig:
                                  "validation, selection and the shipped weights then use the average")
     ema_warmup: bool = _opt(True, "ramp the EMA decay up from 0 over the first steps (ModelEmaV3 warm-up), so the "
                                   "average does not remember the random init")
+    whiten: bool = _opt(False, "start the net's first conv as the whitening transform of the training images' "
+                               "patches (covariance eigenvectors / sqrt(eigenvalue), both signs) and freeze it "
+                               "(trainer/whiten.py); needs an even number of first-conv filters")
     val_split: int = _opt(0, ">0: hold N training images out (stratified, fixed seed) as a validation split that "
                              "picks the shipped epoch; 0 = ship the final epoch. The test split is only reported")
     # augmentation (probabilities and ranges; see trainer/augment.py)
@@ -67,8 +70,9 @@ class TrainConfig:
     seed: int = _opt(0, "seeds init, shuffle order and augmentation streams")
     workers: int = _opt(-1, "loader worker processes per process; -1 = the usable CPU cores shared among this "
                             "machine's processes, one core each kept for training")
-    mixed_precision: str = _opt("auto", "autocast dtype: auto (bf16 on GPUs that have it, else fp16; fp32 on "
-                                        "the CPU), no (fp32), fp16 (GPU only, with a grad scaler) or bf16")
+    mixed_precision: str = _opt("auto", "autocast dtype: auto (bf16 on GPUs that have it, else fp16; on the CPU "
+                                        "bf16 where it is native (AVX512-BF16 or AMX), else fp32), no (fp32), fp16 "
+                                        "(GPU only, with a grad scaler) or bf16")
     channels_last: bool = _opt(True, "NHWC memory layout of the net and every batch (cuDNN takes bf16 and "
                                      "dilated depthwise convs only in NHWC); the default until "
                                      "benchmarks/gpu_speed.py has measured it against NCHW")
@@ -165,6 +169,15 @@ LEGACY_VALUES: dict[str, dict[bool, Any]] = {"compile": {False: "none", True: "d
 RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data_dir", "non_blocking")
 
 
+def resume_hint(run: str = "runs/<name>", processes: int = 1) -> str:
+    """How to continue a run and which flags may change on the way: the one text the interrupt message, --help,
+    the refusal of a changed flag and the README give (tests/test_training_edges.py holds the README to it)."""
+    launch = ("python trainer/main.py" if processes == 1
+              else f"the run's launcher ({processes} processes, as before) with trainer/main.py")
+    changeable = ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDABLE)
+    return f"resume with: {launch} --resume {run}; only {changeable} may differ from its saved config.yaml"
+
+
 def _fail(name: str, message: str) -> None:
     raise SystemExit(f"error: --{name.replace('_', '-')} {message}")
 
@@ -250,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trainer/main.py",
         description="Train an s7 network on CIFAR-10 with Hugging Face Accelerate. "
         "Values come from the dataclass defaults, then the model's recipe configs/<model>.yaml "
-        "(or --config FILE), then these flags. With --resume, the run's saved config.yaml is used and only "
-        f"{', '.join('--' + n.replace('_', '-') for n in RESUME_OVERRIDABLE)} may differ from it.",
+        "(or --config FILE), then these flags. A run continues from its last completed epoch with its saved "
+        f"config ({resume_hint()}).",
     )
     p.add_argument("--config", help="YAML recipe (default: configs/<model>.yaml when it exists)")
     for f in fields(TrainConfig):
@@ -294,8 +307,7 @@ def resumed(flags: dict[str, Any]) -> TrainConfig:
                if k not in RESUME_OVERRIDABLE and k not in ("resume", "name", "out") and getattr(saved, k) != v]
     if changed:
         given = ", ".join(f"--{k.replace('_', '-')} {flags[k]} (saved: {getattr(saved, k)})" for k in changed)
-        raise SystemExit(f"error: --resume keeps the run's saved config; refused: {given}. "
-                         f"Only {', '.join('--' + n.replace('_', '-') for n in RESUME_OVERRIDABLE)} may change")
+        raise SystemExit(f"error: --resume keeps the run's saved config; refused: {given} ({resume_hint(str(run))})")
     for name in set(RESUME_OVERRIDABLE) & set(flags):
         setattr(saved, name, flags[name])
     return dataclasses.replace(saved, resume=str(run), name=run.name, out=str(run.parent)).check()

@@ -8,7 +8,6 @@ RUN/startup.json.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -32,10 +31,11 @@ from models.receptive_field import format_rf_table, receptive_field, rf_table
 from models.rules import check_model, format_rules, required_transitions, summary_text
 from trainer import checkpoint, report, tracking
 from trainer.augment import build_train_transform, describe_pipeline
-from trainer.config import TrainConfig, resolve
+from trainer.config import TrainConfig, resolve, resume_hint
 from trainer.dataset import CifarData, DataError, channel_stats, load_data, split_validation, subset
 from trainer.loader import AugmentedDataset, make_loader, resolve_workers
 from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
+from trainer.whiten import whiten_first_conv
 
 IMPORTED = time.time()  # the end of the imports phase of the start-up
 STARTUP_FILE = "startup.json"
@@ -72,19 +72,30 @@ class StartupClock:
         self.last = now
 
 
-def pick_precision(requested: str) -> str:
-    """bf16 on GPUs that support it, fp16 on older ones, full precision on the CPU (no emulated bf16)."""
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). `mkldnn._is_mkldnn_bf16_supported()` is
+    true on any AVX-512 CPU, where oneDNN emulates bf16 and a bf16 step runs slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def pick_precision(requested: str) -> tuple[str, str]:
+    """The autocast dtype a run uses and why: `requested` as given, or for auto bf16 on GPUs and CPUs that have it
+    in hardware, fp16 on older GPUs, full precision on CPUs that would only emulate bf16."""
     if requested != "auto":
-        return requested
+        return requested, f"--mixed-precision {requested}"
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: the GPU has bf16"
+        return "fp16", "auto: the GPU lacks bf16"
+    if native_cpu_bf16():
+        return "bf16", "auto: the CPU has native bf16 (AVX512-BF16/AMX)"
+    return "no", "auto: the CPU has no native bf16 (emulated bf16 runs slower than fp32)"
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
     without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps."""
-    precision = pick_precision(cfg.mixed_precision)
+    precision, _ = pick_precision(cfg.mixed_precision)
     if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
         raise RunError("--mixed-precision fp16 needs a GPU (Accelerate autocasts to fp16 only there); "
                        "on the CPU use bf16 or no")
@@ -114,7 +125,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv/linear weights only, never on BatchNorm or biases."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
+        if p.requires_grad:  # frozen ones (--whiten) are neither trained nor decayed
+            (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -164,23 +176,35 @@ def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
     return Path(cfg.out) / decided[0]
 
 
-def cpu_epoch_estimate(model, cfg: TrainConfig, n_train: int, n_eval: int, num_classes: int) -> float:
-    """Seconds per epoch (training + evaluation passes) on this CPU, from timed passes on a copy of the model."""
-    probe = copy.deepcopy(model).train()
-    x = torch.randn(cfg.batch_size, 3, 32, 32)
-    y = torch.randint(0, num_classes, (cfg.batch_size,))
-    train_t, test_t = [], []
-    for _ in range(3):  # the first pass warms up the kernels; take the better of the other two
-        t = time.perf_counter()
-        torch.nn.functional.cross_entropy(probe(x), y).backward()
-        train_t.append(time.perf_counter() - t)
-        with torch.no_grad():
-            t = time.perf_counter()
-            probe.eval()(x)
-            test_t.append(time.perf_counter() - t)
-            probe.train()
-    per_eval_image = min(test_t[1:]) / cfg.batch_size * 2  # every image and its mirror
-    return min(train_t[1:]) * 1.5 * n_train / cfg.batch_size + per_eval_image * n_eval  # +50%: optimizer, loader
+ESTIMATE_STEPS = 5  # training steps timed for the CPU estimate, after the first (which pays the warm-up)
+
+
+def cpu_epoch_estimate(job: Job) -> None:
+    """Log how long an epoch and the rest of the run take on this CPU, from the time of the first training steps
+    of this launch (steps 2 to ESTIMATE_STEPS + 1): no probe before training, a clock read per step until then.
+    Evaluation is counted as two forward passes per image (flip TTA), a third of a training step's cost each."""
+    cfg, acc, inp = job.cfg, job.accelerator, job.inp
+    steps = len(inp.train_loader)
+    last = min(ESTIMATE_STEPS + 1, steps)
+    n_eval = (len(inp.test_x) + (len(inp.val_loader.dataset) if inp.val_loader is not None else 0)) \
+        // acc.num_processes
+    ends: list[float] = []
+    installed = time.perf_counter()
+
+    def after_step(*_) -> None:
+        ends.append(time.perf_counter())
+        if len(ends) < last:
+            return
+        handle.remove()
+        per_step = (ends[-1] - ends[0]) / (last - 1) if last > 1 else ends[0] - installed
+        est = per_step * steps + per_step / cfg.batch_size * 2 / 3 * n_eval
+        left = cfg.epochs - job.start_epoch + 1
+        job.log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} ({left} "
+                     f"epoch{'s' if left != 1 else ''} to go: about {_duration(est * left)}; timed over the first "
+                     f"{last} steps)")
+
+    torch_optimizer = getattr(job.optimizer, "optimizer", job.optimizer)  # inside Accelerate's wrapper
+    handle = torch_optimizer.register_step_post_hook(after_step)
 
 
 @dataclass
@@ -218,13 +242,14 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: StartupClock
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
                                pin_memory=pin, seed=cfg.seed)
-    eval_workers = min(cfg.workers, 2) if cfg.workers >= 0 else 2  # no augmentation: two workers keep up
 
     def eval_loader(x: np.ndarray, y: np.ndarray) -> DataLoader:
         # even_batches pads every rank's last batch to full size: keep batches no larger than a rank's share
         batch = max(1, min(1000, -(-len(y) // accelerator.num_processes)))
+        # no workers: with no augmentation, reading the decoded uint8 arrays here costs less than forked workers'
+        # hand-over, and on a 2-core CPU those workers took the cores from the evaluation itself
         return make_loader(AugmentedDataset(x, y, None, seed=cfg.seed, rank=rank), batch, shuffle=False,
-                           workers=eval_workers, pin_memory=pin, seed=cfg.seed)
+                           workers=0, pin_memory=pin, seed=cfg.seed)
 
     inputs = Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
                     eval_loader(val[2], val[3]) if val else None)
@@ -322,6 +347,8 @@ def setup(cfg: TrainConfig) -> Job:
     clock.mark("accelerator")
     inp = build_inputs(cfg, accelerator, clock)
     model, rules = build_model(cfg, len(inp.data.classes))
+    if cfg.whiten:  # before prepare and the optimizer: the frozen filters get no gradient and no weight decay
+        whiten_first_conv(model, inp.train_ds.images, inp.mean, inp.std, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     rf_rows = rf_table(model)  # once: the header's RF and receptive_field.md
     rf = rf_rows[-1].rf if rf_rows else receptive_field(model)
@@ -344,7 +371,10 @@ def setup(cfg: TrainConfig) -> Job:
 
     state = {"model": cfg.model, "elapsed_before": 0.0}
     if cfg.resume:
-        state = checkpoint.load_checkpoint(accelerator, checkpoint.latest_checkpoint(run_dir), cfg.model, ema)
+        ckpt, damaged = checkpoint.resume_checkpoint(run_dir)
+        for line in damaged:
+            log.line(f"warning: {line}")
+        state = checkpoint.load_checkpoint(accelerator, ckpt, cfg.model, ema)
         if accelerator.is_main_process:
             tracking.truncate_metrics(run_dir, state["epoch"])
     elif accelerator.is_main_process:
@@ -377,7 +407,7 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
     log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
     log.line(f"rules: {'ALL PASS' if not failed else 'FAIL: ' + ', '.join(failed) + ' (--allow-rule-violations)'}")
     log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
-             f"{acc.distributed_type}, precision {acc.mixed_precision}")
+             f"{acc.distributed_type}, precision {acc.mixed_precision} ({pick_precision(cfg.mixed_precision)[1]})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
              f"threads, {resolve_workers(cfg.workers)} loader workers per process")
@@ -390,13 +420,7 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
     log.line(f"run folder: {job.run_dir}  (W&B: {cfg.wandb_mode}); shipped weights: "
              f"{'best validation epoch' if n_val else 'final epoch'}")
     if not cuda and acc.is_main_process:
-        job.startup.mark("header")
-        est = cpu_epoch_estimate(acc.unwrap_model(job.model), cfg, len(inp.train_ds) // acc.num_processes,
-                                 (len(inp.test_x) + n_val) // acc.num_processes, len(inp.data.classes))
-        job.startup.mark("cpu_estimate")
-        left = cfg.epochs - job.start_epoch + 1
-        log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} "
-                 f"({left} epochs to go: about {_duration(est * left)})")
+        cpu_epoch_estimate(job)
     if cfg.resume:
         log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
 
@@ -491,8 +515,26 @@ def finish(job: Job) -> None:
                  f"TTA) after epoch {final['epoch']}; report: {job.run_dir / 'report.md'}")
 
 
+def completed(cfg: TrainConfig) -> str | None:
+    """With --resume: the line saying the run is complete, when its newest intact checkpoint holds the last epoch
+    and the report is written; else None. Reads two small files only: no data, model or W&B run."""
+    if not cfg.resume:
+        return None
+    run = Path(cfg.resume)
+    epoch = checkpoint.read_state(checkpoint.resume_checkpoint(run)[0])["epoch"]
+    if epoch < cfg.epochs or not (run / "report.md").is_file():
+        return None
+    return (f"{run}: the run is complete (epoch {epoch} of {cfg.epochs}); nothing to resume; "
+            f"report: {run / 'report.md'}")
+
+
 def train(cfg: TrainConfig) -> int:
     """Run (or resume) one training job; returns the process exit code."""
+    done = completed(cfg)
+    if done:
+        if os.environ.get("RANK", "0") == "0":  # one line from a launch of several processes
+            print(done)
+        return 0
     job = setup(dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode)))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = job.accelerator.is_main_process and sys.stderr.isatty()  # tqdm bars on a terminal only
@@ -516,7 +558,7 @@ def _interrupted(job: Job, epoch: int, why: str) -> int:
     """The last completed epoch is already on disk (written atomically); say how to continue."""
     ckpts = job.run_dir / "checkpoints"
     job.log.line(f"interrupted ({why}) during epoch {epoch}; the state after epoch {epoch - 1} is saved in {ckpts}")
-    job.log.line(f"resume with: accelerate launch trainer/main.py --resume {job.run_dir}")
+    job.log.line(resume_hint(str(job.run_dir), job.accelerator.num_processes))
     try:
         job.accelerator.end_training()
     except Exception:  # noqa: BLE001 - a tracker that fails to close must not hide the resume hint
@@ -525,9 +567,15 @@ def _interrupted(job: Job, epoch: int, why: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = resolve(argv)
+    """Train as the flags say. Exit code 0 when done (or already complete), 2 with one line on stderr for a usage
+    error or a run that cannot start (as argparse's own errors), 3 for a diverged run, 130 when interrupted."""
     try:
-        return train(cfg)
+        return train(resolve(argv))
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # --help (0), or a code already chosen
+            raise
+        print(e.code, file=sys.stderr)  # the config's one-line refusals: SystemExit("error: ...")
+        return 2
     except (RunError, DataError, checkpoint.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
