@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPE_KEYS = ("optimizer", "lr", "batch_size", "momentum", "weight_decay", "label_smoothing", "div_factor",
-               "ema_decay", "rotate_limit", "dropout_p", "gray_p")
+               "ema_decay", "whiten", "shift_limit", "scale_limit", "rotate_limit", "dropout_p", "gray_p")
 
 
 def table(folder: Path = ROOT / "results" / "ablations") -> str:

@@ -106,3 +106,12 @@ def test_shipped_weights_reproduce_the_runs_test_accuracy(name, tmp_path_factory
             assert abs(measured - logged) <= 0.15  # the run measured in bf16 on a GPU, this in fp32 on the CPU
     # the data source is printed resolved: name the shared folder as the README does, wherever it really lies
     assert line.replace(str(SHARED.resolve().parents[1]), "../shared") in (ROOT / "README.md").read_text()
+
+
+def test_the_readme_timm_example_runs_as_written_in_a_fresh_interpreter():
+    readme = (ROOT / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                   if "timm.create_model" in block)
+    check = example + "\nassert net(__import__('torch').zeros(1, 3, 32, 32)).shape == (1, 10)\n"
+    p = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]

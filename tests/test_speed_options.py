@@ -80,14 +80,19 @@ def test_threads_cudnn_benchmark_and_asynchronous_copies_are_set_for_the_steps(d
     assert seen["conv_output_dtype"] == "torch.float32"
 
 
-def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
-    # its own process: Accelerate fixes the precision once per process
-    out = tmp_path / "seen.json"
-    argv = flags(data, tmp_path, "bf16", *QUICK, "--mixed-precision", "bf16", epochs=2)
+def probed_in_own_process(data, tmp_path, name: str, precision: str) -> dict:
+    """What the first step of a 2-epoch run with --mixed-precision `precision` saw, in a process of its own:
+    Accelerate fixes the precision once per process."""
+    out = tmp_path / f"{name}.json"
+    argv = flags(data, tmp_path, name, *QUICK, "--mixed-precision", precision, epochs=2)
     p = subprocess.run([PYTHON, "tests/probe.py", str(out), *argv], cwd=REPO, env=sub_env(), capture_output=True,
                        text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    seen = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
+    seen = probed_in_own_process(data, tmp_path, "bf16", "bf16")
     assert (seen["autocast"], seen["autocast_dtype"], seen["conv_output_dtype"]) == (True, "torch.bfloat16",
                                                                                      "torch.bfloat16")
     assert seen["input_dtype"] == "torch.float32"  # autocast casts inside the net, the batch stays fp32
@@ -96,16 +101,9 @@ def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
 
 @pytest.mark.slow
 def test_auto_precision_autocasts_to_bf16_exactly_where_the_cpu_has_it_natively(data, tmp_path):
-    # its own process: Accelerate fixes the precision once per process
-    out = tmp_path / "seen.json"
-    argv = flags(data, tmp_path, "auto", *QUICK, "--mixed-precision", "auto", epochs=2)
-    p = subprocess.run([PYTHON, "tests/probe.py", str(out), *argv], cwd=REPO, env=sub_env(), capture_output=True,
-                       text=True, timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    seen = probed_in_own_process(data, tmp_path, "auto", "auto")
     native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-    seen = json.loads(out.read_text())
-    assert seen["autocast_dtype" if seen["autocast"] else "conv_output_dtype"] == (
-        "torch.bfloat16" if native else "torch.float32")
+    assert seen["conv_output_dtype"] == ("torch.bfloat16" if native else "torch.float32")
     log = (tmp_path / "auto" / "train.log").read_text()
     assert ("precision bf16 (auto: the CPU has native bf16" if native else "precision no (auto: the CPU has no") in log
 

@@ -199,8 +199,8 @@ def cpu_epoch_estimate(job: Job) -> None:
         per_step = (ends[-1] - ends[0]) / (last - 1) if last > 1 else ends[0] - installed
         est = per_step * steps + per_step / cfg.batch_size * 2 / 3 * n_eval
         left = cfg.epochs - job.start_epoch + 1
-        job.log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} ({left} "
-                     f"epoch{'s' if left != 1 else ''} to go: about {_duration(est * left)}; timed over the first "
+        job.log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} ({report.counted(left, 'epoch')} "
+                     f"to go: about {_duration(est * left)}; timed over the first "
                      f"{last} steps)")
 
     torch_optimizer = getattr(job.optimizer, "optimizer", job.optimizer)  # inside Accelerate's wrapper
@@ -410,7 +410,7 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
              f"{acc.distributed_type}, precision {acc.mixed_precision} ({pick_precision(cfg.mixed_precision)[1]})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
-             f"threads, {resolve_workers(cfg.workers)} loader workers per process")
+             f"threads, {report.counted(resolve_workers(cfg.workers), 'loader worker')} per process")
     log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
              f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
              + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))

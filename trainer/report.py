@@ -29,6 +29,11 @@ NOT_MEASURED = "not measured"
 
 # ---------------------------------------------------------------- the rules a run is read by
 
+def counted(n: int, noun: str) -> str:
+    """"1 epoch", "20 epochs": a count with its noun in the right number, for every line a person reads."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def selected_row(rows: list[dict]) -> dict:
     """The epoch whose weights a run ships: the highest val_acc (the earliest on a tie) when the run holds out a
     validation split, else the final epoch. Test accuracy is never looked at."""
@@ -330,7 +335,7 @@ def reached_cell(res: dict[str, Any], suffix: str = "") -> str:
     if res["final_test_acc" + suffix] is None:
         return "–"
     epoch = res["epoch_to_target" + suffix]
-    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {res['epochs']} epochs"
+    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {counted(res['epochs'], 'epoch')}"
 
 
 def target_label(results: list[dict[str, Any]]) -> str:
