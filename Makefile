@@ -14,9 +14,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 
-# Reinstall only when pyproject.toml changes, so a second `make test` starts at once.
+# Reinstall only when pyproject.toml changes, so a second `make test` starts at once. setuptools' editable build
+# warns, every time, that folders named like the package may shadow it; that is how an editable install works, so
+# only that one warning is silenced.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

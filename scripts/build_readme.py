@@ -242,7 +242,7 @@ def block_export() -> str:
     load = m["load_average_1min"]
     return (f"{usage}\n\nMeasured by `{command}` on {m['measured']}, on the {m['test_images']:,} test images of "
             f"{m['data']}; {m['machine']}; 1-minute load average {load[0]} before, {load[1]} after (other "
-            "jobs shared the CPU, so the timings are upper bounds):\n\n" + measurement_markdown(m))
+            "jobs shared the CPU, so the timings are upper bounds):\n\n" + measurement_markdown(m, path.parent))
 
 
 def block_robustness() -> str:

@@ -35,3 +35,12 @@ def write_tree(root: Path, n_train: int = 64, n_test: int = 24, seed: int = 0) -
             for i in range(n):
                 Image.fromarray(pattern(c, rng)).save(d / f"{i:04d}.png")
     return root
+
+
+if __name__ == "__main__":  # python tests/synthetic.py DIR [N_TRAIN N_TEST]: the tree the README's sweep demo uses
+    import sys
+
+    if len(sys.argv) not in (2, 4):
+        raise SystemExit("usage: python tests/synthetic.py DIR [N_TRAIN_PER_CLASS N_TEST_PER_CLASS]")
+    counts = [int(n) for n in sys.argv[2:]] or [200, 51]
+    print(write_tree(Path(sys.argv[1]), *counts))

@@ -115,3 +115,12 @@ def test_the_readme_timm_example_runs_as_written_in_a_fresh_interpreter():
     check = example + "\nassert net(__import__('torch').zeros(1, 3, 32, 32)).shape == (1, 10)\n"
     p = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_the_readme_onnx_sizes_are_the_committed_files_sizes():
+    measured = json.loads((ROOT / "results" / "export" / "s7.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for name, row in measured["rows"].items():
+        if "file" in row:
+            size = (ROOT / "results" / "export" / row["file"]).stat().st_size
+            assert f"| {name} (`{row['file']}`) | {size / 1024:,.0f} KiB |" in readme, name

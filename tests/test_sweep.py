@@ -5,6 +5,7 @@ summarises them with `s7 compare`."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -106,6 +107,20 @@ def test_the_runner_names_each_trial_itself(tmp_path, capsys):
     assert "--name: the sweep names each trial's folder itself" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--epoch", "3"], "unrecognized arguments: --epoch 3"),
+    (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["--config", "nowhere.yaml"], "config file not found: nowhere.yaml"),
+])
+def test_a_bad_trainer_flag_is_refused_before_the_first_trial(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a trial was started"))
+    out = tmp_path / "o"
+    assert cli.main(["sweep", str(SWEEP), "--trials", "2", "--out", str(out), "--", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: trainer flags: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_local_sweep_runs_each_trial_as_a_run_folder_and_compares_them(data, tmp_path, capsys, monkeypatch):
     for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
@@ -128,15 +143,19 @@ def test_local_sweep_runs_each_trial_as_a_run_folder_and_compares_them(data, tmp
     for t in trials:
         run = out / t["trial"]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        for name, value in t["values"].items():
+        for name, value in t["drawn"].items():
             spec = sweep["parameters"][name]
             if "values" in spec:
                 assert value in spec["values"]
             elif "min" in spec:
                 assert spec["min"] <= value <= spec["max"]
-            if name not in ("epochs", "lr"):  # the trainer flags after `--` win over the drawn ones
-                assert cfg[options_dest(name)] == pytest.approx(value), (t["trial"], name)
+        # "values" is what the trial ran with: the trainer flags after `--` win over the drawn ones
+        for name, value in t["values"].items():
+            assert cfg[options_dest(name)] == pytest.approx(value), (t["trial"], name)
+        assert (t["values"]["epochs"], t["values"]["lr"]) == (2, 0.1) != (t["drawn"]["epochs"], t["drawn"]["lr"])
         assert (cfg["epochs"], cfg["lr"], cfg["val_split"]) == (2, 0.1, 30)
+        shown = next(line for line in printed.splitlines() if line.startswith(f"[{t['trial']}] "))
+        assert "epochs=2 (from the flags)" in shown and "lr=0.1 (from the flags)" in shown
         rows = read_metrics(run)
         # the W&B run logs the sweep's metric under the name the sweep optimises, once per epoch (what
         # hyperband counts)

@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags for every config field (`--batch-size` for batch_size), plus --config."""
     p = _OneLineParser(
         prog="trainer/main.py",
+        allow_abbrev=False,  # `--epoch 3` is a typo to name, not --epochs
         description="Train an s7 network on CIFAR-10 with Hugging Face Accelerate. "
         "Values come from the dataclass defaults, then the model's recipe configs/<model>.yaml "
         "(or --config FILE), then these flags. A run continues from its last completed epoch with its saved "

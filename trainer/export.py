@@ -176,15 +176,17 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def measurement_markdown(m: dict) -> str:
-    """The fp32/int8 table of a `measure` result."""
+def measurement_markdown(m: dict, folder: Path | None = None) -> str:
+    """The fp32/int8 table of a `measure` result; the file sizes are read from the ONNX files in `folder` when
+    they are there (the files a reader gets), else taken from the measurement."""
     lines = ["| model | file size | test accuracy | largest logit difference to PyTorch | argmax as PyTorch | "
              "latency, 1 image: best (median) | throughput, batch 500 |", "|---|---|---|---|---|---|---|"]
     for name, r in m["rows"].items():
         if "file" not in r:
             lines.append(f"| {name} | – | {r['accuracy']:.2f}% | – | – | – | – |")
             continue
-        lines.append(f"| {name} (`{r['file']}`) | {r['bytes'] / 1024:,.0f} KiB | {r['accuracy']:.2f}% | "
+        size = (folder / r["file"]).stat().st_size if folder and (folder / r["file"]).is_file() else r["bytes"]
+        lines.append(f"| {name} (`{r['file']}`) | {size / 1024:,.0f} KiB | {r['accuracy']:.2f}% | "
                      f"{r['max_abs_logit_diff']:.2g} | {r['argmax_matches']:,}/{m['test_images']:,} | "
                      f"{r['batch1_best_ms']:.2f} ms ({r['batch1_median_ms']:.2f} ms) | "
                      f"{r['batch_images_per_s']:,.0f} img/s |")

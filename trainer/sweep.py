@@ -113,6 +113,28 @@ def _program(program: str) -> str:
     return program if Path(program).is_file() else str(REPO / program)
 
 
+def trainer_values(cmd: list[str], program: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What the trial's trainer will run with, for each drawn parameter: the trainer's parser applied to the
+    whole command line, so a flag given after `--` (later on the line) wins over the draw, as it does in the run.
+    A bad flag or value is a ValueError naming it. Another program than trainer/main.py: the draws as they are."""
+    if Path(program).resolve() != (REPO / "trainer" / "main.py").resolve():
+        return dict(values)
+    from trainer.config import build_parser, resolve
+
+    args = cmd[cmd.index(program) + 1:]
+    try:
+        parsed = vars(build_parser().parse_args(args))
+        resolve(args)  # the values' own checks (--epochs 0, a missing --config file, ...)
+    except SystemExit as e:
+        raise ValueError(f"trainer flags: {str(e).removeprefix('error: ')}") from None
+    return {k: parsed.get(k.replace("-", "_"), v) for k, v in values.items()}
+
+
+def _show(values: dict[str, Any], drawn: dict[str, Any]) -> str:
+    return " ".join((f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}") +
+                    ("" if v == drawn[k] else " (from the flags)") for k, v in values.items())
+
+
 def run_sweep(sweep_file: str, trials: int, out: str | None, seed: int, trainer_flags: list[str]) -> int:
     """Run `trials` trials one after another under `out` (trial-01, trial-02, ...), log each one's values and
     command to OUT/trials.jsonl, then print `s7 compare` of the finished ones and draw OUT/compare.png.
@@ -129,20 +151,20 @@ def run_sweep(sweep_file: str, trials: int, out: str | None, seed: int, trainer_
     out_dir = Path(out or f"runs/sweep-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir}: already exists and is not empty; pick another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     program = _program(sweep["program"])
+    draws = [sample(sweep["parameters"], rng) for _ in range(trials)]
+    commands = [agent_command(sweep, d, program=program) + list(trainer_flags) +
+                [f"--out={out_dir}", f"--name=trial-{i:02d}"] for i, d in enumerate(draws, 1)]
+    ran_with = [trainer_values(c, program, d) for c, d in zip(commands, draws)]  # every trial checked first
+    out_dir.mkdir(parents=True, exist_ok=True)
     finished, failed = [], []
-    for i in range(1, trials + 1):
+    for i, (drawn, values, cmd) in enumerate(zip(draws, ran_with, commands), 1):
         name = f"trial-{i:02d}"
-        values = sample(sweep["parameters"], rng)
-        cmd = agent_command(sweep, values, program=program) + list(trainer_flags) + \
-            [f"--out={out_dir}", f"--name={name}"]
-        print(f"[{name}] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in values.items()), flush=True)
+        print(f"[{name}] {_show(values, drawn)}", flush=True)
         start = time.time()
         code = subprocess.run(cmd).returncode
-        record = {"trial": name, "values": values, "command": cmd, "returncode": code,
+        record = {"trial": name, "values": values, "drawn": drawn, "command": cmd, "returncode": code,
                   "seconds": round(time.time() - start, 1)}
         with open(out_dir / "trials.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
