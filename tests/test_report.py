@@ -234,3 +234,25 @@ def test_legacy_run_shows_its_figure_as_tta_and_the_plain_one_as_unmeasured(tmp_
     assert table["87% test accuracy first reached, no TTA"] == "not measured"
     assert table["87% test accuracy first reached, flip TTA"] == "epoch 2, 9.0 s wall from process start"
     assert "| 2 | 1.0000 | 86.00 | – | 0.5000 | – | 88.00 |" in report
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 61))])
+def test_the_epoch_axis_shows_whole_epochs_with_room_either_side(epochs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainer.report import epoch_axis
+
+    fig, ax = plt.subplots()
+    ax.plot(epochs, [50.0] * len(epochs))
+    epoch_axis(ax, epochs)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert (lo, hi) == (min(epochs) - 0.5, max(epochs) + 0.5)
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    if len(epochs) <= 12:
+        assert ticks == epochs

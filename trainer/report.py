@@ -167,6 +167,18 @@ def _series(rows: list[dict], key: str) -> list[float] | None:
     return None if all(v is None for v in values) else [math.nan if v is None else v for v in values]
 
 
+def epoch_axis(ax, epochs: list[int]) -> None:
+    """Whole epochs on the x-axis, half an epoch of margin either side (one epoch is not an axis of 0.96-1.04)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
 def _plot(rows: list[dict], lines: tuple[tuple[str, str], ...], ylabel: str, path: Path,
           title: str = "", shipped_epoch: int | None = None) -> None:
     import matplotlib
@@ -182,7 +194,7 @@ def _plot(rows: list[dict], lines: tuple[tuple[str, str], ...], ylabel: str, pat
             ax.plot(epochs, values, marker="o", markersize=3, label=label)
     if shipped_epoch is not None:
         ax.axvline(shipped_epoch, color="gray", linestyle=":", label=f"shipped weights (epoch {shipped_epoch})")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax, epochs)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
