@@ -235,3 +235,52 @@ def test_incomplete_checkpoint_is_refused(baseline, tmp_path):
     (checkpoint.latest_checkpoint(run) / "state.json").unlink()
     with pytest.raises(checkpoint.CheckpointError, match="incomplete"):
         checkpoint.latest_checkpoint(run)
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_truncated_checkpoint_is_named_and_the_previous_intact_one_is_resumed(baseline, tmp_path, capsys):
+    run = copy_run(baseline, tmp_path / "torn")
+    newest = checkpoint.latest_checkpoint(run)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a disk that filled up mid-write
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "is damaged" in line]
+    assert len(said) == 1 and str(newest) in said[0], out
+    assert f"resumed from epoch {saved_epoch(baseline) - 1} of 4" in out.out
+    assert_same_metrics(read_metrics(run), read_metrics(baseline))  # the lost epoch retrained to the same figures
+
+
+def test_with_every_checkpoint_damaged_resume_stops_in_one_line_and_writes_nothing(baseline, tmp_path, capsys):
+    run = copy_run(baseline, tmp_path / "all-torn")
+    for ckpt in sorted((run / "checkpoints").glob("epoch-*")):
+        weights = ckpt / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    before = _files(run)
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no intact checkpoint" in err and "\n" not in err, err
+    assert _files(run) == before
+
+
+def test_resuming_a_finished_run_says_it_is_complete_and_changes_nothing(baseline, tmp_path, capsys):
+    run = copy_run(baseline, tmp_path / "done")
+    before = _files(run)
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
+    out = capsys.readouterr().out
+    assert "the run is complete (epoch 4 of 4)" in out and "epoch   1/4" not in out
+    assert _files(run) == before
+
+
+def test_make_train_with_a_bad_flag_prints_the_trainers_one_line():
+    r = subprocess.run(["make", "-s", "train", "ARGS=--epochs 0"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("make")]
+    assert lines == ["error: --epochs must be at least 1, not 0"], r.stderr
+    assert "Traceback" not in r.stderr + r.stdout and r.returncode != 0
