@@ -119,15 +119,13 @@ def trainer_values(cmd: list[str], program: str, values: dict[str, Any]) -> dict
     A bad flag or value is a ValueError naming it. Another program than trainer/main.py: the draws as they are."""
     if Path(program).resolve() != (REPO / "trainer" / "main.py").resolve():
         return dict(values)
-    from trainer.config import build_parser, resolve
+    from trainer.config import resolve
 
-    args = cmd[cmd.index(program) + 1:]
-    try:
-        parsed = vars(build_parser().parse_args(args))
-        resolve(args)  # the values' own checks (--epochs 0, a missing --config file, ...)
+    try:  # the trainer's own parse and checks (a typo, --epochs 0, a missing --config file, ...)
+        cfg = resolve(cmd[cmd.index(program) + 1:])
     except SystemExit as e:
         raise ValueError(f"trainer flags: {str(e).removeprefix('error: ')}") from None
-    return {k: parsed.get(k.replace("-", "_"), v) for k, v in values.items()}
+    return {k: getattr(cfg, k.replace("-", "_"), v) for k, v in values.items()}
 
 
 def _show(values: dict[str, Any], drawn: dict[str, Any]) -> str:
