@@ -20,7 +20,7 @@ def table(folder: Path = ROOT / "results" / "ablations") -> str:
     """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures,
     and the machine (run_info.json's "where": img/s compare only within one machine)."""
     from trainer.config import TrainConfig
-    from trainer.report import run_results
+    from trainer.tools.report import run_results
 
     default = TrainConfig()
     lines = ["| run | net | params | recipe (differences from the trainer defaults) | epochs | val acc | "

@@ -25,7 +25,7 @@ epochs() { [ -n "${1:-}" ] && echo "--epochs $1"; }
 { nvidia-smi || true; echo "cores: $CORES, loader workers per run: $WORKERS"; python3 -c "import sys, torch, accelerate, timm, albumentations, numpy
 print(sys.version); print('torch', torch.__version__, 'accelerate', accelerate.__version__, 'timm', timm.__version__,
       'albumentations', albumentations.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
-python3 -m trainer.cli stats --data "$DATA" --data-dir "$DD" > "$OUT/stats.txt" 2>&1
+python3 -m trainer.tools.cli stats --data "$DATA" --data-dir "$DD" > "$OUT/stats.txt" 2>&1
 run() {  # name, model, config, extra trainer flags...
     local name=$1 model=$2 config=$3; shift 3
     timeout "$LIMIT" python3 benchmarks/time_to_accuracy.py --model "$model" --config "$config" --data "$DATA" \
@@ -41,7 +41,7 @@ run() {  # name, model, config, extra trainer flags...
     run cand_a_dilated s7_cand_a_dilated configs/s7_cand_a_dilated.yaml $(epochs "${DILATED_EPOCHS:-}") &
     wait
 }
-for d in "$RUNS"/*/; do python3 -m trainer.cli report "$d" >> "$OUT/reports.log" 2>&1; done
+for d in "$RUNS"/*/; do python3 -m trainer.tools.cli report "$d" >> "$OUT/reports.log" 2>&1; done
 tar czf "$OUT/results.tar.gz" --exclude=checkpoints --exclude=wandb -C "$RUNS" .
 nvidia-smi --query-gpu=name,memory.used --format=csv >> "$OUT/env.txt" 2>&1
 ls -la "$OUT"; tail -n 4 "$OUT"/*.log

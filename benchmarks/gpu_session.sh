@@ -14,8 +14,8 @@ quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--train-subset 2000 --test-subset 500 
 { nvidia-smi || true; nproc; python3 -c "import sys, torch, accelerate, timm, albumentations, numpy
 print(sys.version); print('torch', torch.__version__, 'accelerate', accelerate.__version__, 'timm', timm.__version__,
       'albumentations', albumentations.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
-python3 -m trainer.cli stats --data $DATA --data-dir $DD > "$OUT/stats.txt" 2>&1
-python3 -m trainer.cli stats --data $DATA --data-dir $DD >> "$OUT/stats.txt" 2>&1
+python3 -m trainer.tools.cli stats --data $DATA --data-dir $DD > "$OUT/stats.txt" 2>&1
+python3 -m trainer.tools.cli stats --data $DATA --data-dir $DD >> "$OUT/stats.txt" 2>&1
 tta() { python3 benchmarks/time_to_accuracy.py --data $DATA --data-dir $DD --out $RUNS "$@"; }
 timeout 140 bash -c "$(declare -f tta); DATA=$DATA DD=$DD RUNS=$RUNS tta --model s7 --name s7-default --throughput -- ${quick[*]}" \
     > "$OUT/s7-default.log" 2>&1
@@ -23,7 +23,7 @@ timeout 300 bash -c "$(declare -f tta); DATA=$DATA DD=$DD RUNS=$RUNS tta --model
 timeout 300 bash -c "$(declare -f tta); DATA=$DATA DD=$DD RUNS=$RUNS tta --model s7_dilated --name s7_dilated -- --epochs $SIDE_EPOCHS --workers $SIDE_WORKERS ${quick[*]}" > "$OUT/s7_dilated.log" 2>&1 &
 timeout 300 bash -c "$(declare -f tta); DATA=$DATA DD=$DD RUNS=$RUNS tta --model s7_strided --name s7_strided -- --epochs $SIDE_EPOCHS --workers $SIDE_WORKERS ${quick[*]}" > "$OUT/s7_strided.log" 2>&1 &
 wait
-for d in "$RUNS"/*/; do python3 -m trainer.cli report "$d" >> "$OUT/reports.log" 2>&1; done
+for d in "$RUNS"/*/; do python3 -m trainer.tools.cli report "$d" >> "$OUT/reports.log" 2>&1; done
 tar czf "$OUT/results.tar.gz" --exclude=checkpoints --exclude=wandb -C "$RUNS" .
 nvidia-smi --query-gpu=name,memory.used --format=csv >> "$OUT/env.txt" 2>&1
 ls -la "$OUT"; tail -n 5 "$OUT"/*.log

@@ -25,7 +25,7 @@ NETS = ("s7", "s7_strided", "s7_dilated")
 def run(argv: list[str], transcript: Path | None = None, shown: str | None = None) -> None:
     """`s7 ARGV` in this process; with `transcript`, the command (as `shown`, e.g. with a shell glob for the
     files it expands to) and its output are also written there."""
-    from trainer import cli
+    from trainer.tools import cli
 
     line = "$ s7 " + (shown or shlex.join(argv))
     print(line, flush=True)

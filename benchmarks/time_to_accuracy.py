@@ -91,7 +91,7 @@ def loop_images_per_s(rows: list[dict]) -> float:
 def print_table(run_dir: Path, target: float) -> dict:
     """Per-epoch table, time to `target` test accuracy (without and with flip TTA), final-epoch accuracy and
     where the time went; returns the time_to_accuracy.json fields."""
-    from trainer.report import pct, run_results
+    from trainer.tools.report import pct, run_results
 
     res = run_results(run_dir)  # the report's reading of the run folder (legacy rows upgraded)
     rows = res["rows"]
@@ -131,7 +131,7 @@ def run_facts(run_dir: Path) -> dict:
     """What the run used (RUN/config.yaml, RUN/startup.json): speed options, device, precision, peak lr, and
     its start-up to the end of the first training step."""
     from trainer.config import TrainConfig
-    from trainer.main import STARTUP_FILE
+    from trainer.startup import STARTUP_FILE
 
     cfg = TrainConfig.load(run_dir / "config.yaml")
     facts = {"model": cfg.model, "recipe": cfg.recipe, "batch_size": cfg.batch_size, "compile": cfg.compile,
@@ -171,7 +171,7 @@ def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps
 
     import models  # noqa: F401  (registers the nets)
     from trainer.loop import pixel_stats, prepare_batch
-    from trainer.main import compile_model, make_optimizer
+    from trainer.optim import compile_model, make_optimizer
 
     device = x8.device
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -235,8 +235,8 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.loader import resolve_workers
-    from trainer.main import build_inputs, make_accelerator, pick_precision
+    from trainer.loader import build_inputs, resolve_workers
+    from trainer.precision import make_accelerator, resolve_precision
 
     cfg = TrainConfig.load(run_dir / "config.yaml")
     if cfg.threads:
@@ -247,7 +247,7 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x8 = torch.from_numpy(inp.data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
     y = torch.from_numpy(inp.data.train_y[:cfg.batch_size]).to(device)
-    prec, _ = pick_precision(cfg.mixed_precision)
+    prec, _ = resolve_precision(cfg.mixed_precision)  # the run's config.yaml holds the precision it ran
     step = step_speed(cfg, x8, y, inp.mean, inp.std, prec, len(inp.data.classes), steps=batches,
                       warmup=warmup)
     out = {"loader_workers": resolve_workers(cfg.workers), "loader_images_per_s": loader_ips,

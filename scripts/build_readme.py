@@ -56,7 +56,7 @@ def _shared_relative(text: str) -> str:
 
 
 def block_stats() -> str:
-    from trainer.cli import stats_command
+    from trainer.tools.cli import stats_command
 
     if not SHARED_DATA.is_file():
         return "(the shared JPEG copy was not found when this was generated)"
@@ -78,7 +78,7 @@ TTA_ONLY_NOTE = ("Runs from before issue 8 measured test accuracy with flip TTA 
 
 
 def block_results() -> str:
-    from trainer.report import pct_cell, reached_cell, rules_label, run_results, target_label
+    from trainer.tools.report import pct_cell, reached_cell, rules_label, run_results, target_label
 
     results = {run.name: run_results(run) for run in _runs()}
     if not results:
@@ -103,7 +103,7 @@ def block_results() -> str:
 
 def block_speed() -> str:
     """Time to accuracy and where the time went, from each run's time_to_accuracy.json and metrics."""
-    from trainer.report import reached_cell, run_results, target_label
+    from trainer.tools.report import reached_cell, run_results, target_label
 
     timed = {run.name: (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
              for run in _runs() if (run / "time_to_accuracy.json").is_file()}
@@ -149,7 +149,7 @@ def _at_least(row: dict | None, key: str, target: float) -> bool:
 
 def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
     """(how measured, first row at or above the target) for each test figure that reached it."""
-    from trainer.report import first_row_reaching
+    from trainer.tools.report import first_row_reaching
 
     hits = [("without TTA", first_row_reaching(rows, target, "test_acc")),
             ("with flip TTA", first_row_reaching(rows, target, "test_acc_tta"))]
@@ -158,7 +158,7 @@ def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
 
 def block_targets() -> str:
     """Issue 5's targets against the committed runs: final-epoch test accuracy, without and with flip TTA."""
-    from trainer.report import run_results
+    from trainer.tools.report import run_results
 
     names = ("s7-long", "s7-default", "s7_dilated", "s7_strided")
     if not all((RESULTS / n / "metrics.jsonl").is_file() for n in names):
@@ -194,7 +194,7 @@ def block_evaluate() -> str:
     import platform
 
     import models
-    from trainer.evaluate import evaluate_command
+    from trainer.tools.evaluate import evaluate_command
 
     if not SHARED_DATA.is_file():
         return "(the shared JPEG copy was not found when this was generated)"
@@ -209,7 +209,7 @@ def block_evaluate() -> str:
 
 def block_headline() -> str:
     """The headline run's training log and plots, from results/s7-long."""
-    from trainer.report import log_table, run_results
+    from trainer.tools.report import log_table, run_results
 
     run = RESULTS / "s7-long"
     if not (run / "metrics.jsonl").is_file():
@@ -231,7 +231,7 @@ def block_explain() -> str:
 
 def block_export() -> str:
     """The lines a user needs, and the fp32/int8 figures `s7 export --data` measured (results/export/s7.json)."""
-    from trainer.export import USAGE, measurement_markdown
+    from trainer.tools.export import USAGE, measurement_markdown
 
     path = RESULTS / "export" / "s7.json"
     usage = "```python\n" + USAGE.rstrip() + "\n```"
@@ -248,7 +248,7 @@ def block_export() -> str:
 def block_robustness() -> str:
     """Per net: clean accuracy, each corruption's mean over its severities, the mean of all 18 corrupted
     settings and the worst, from results/robustness/<net>.json (`s7 robustness`)."""
-    from trainer.robustness import CORRUPTIONS, robustness_markdown
+    from trainer.tools.robustness import CORRUPTIONS, robustness_markdown
 
     runs = {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "robustness").glob("*.json"))}
     if not runs:
@@ -284,7 +284,7 @@ def _num(value, fmt: str = ",.0f") -> str:
 def block_speed_options() -> str:
     """Issue 10: every JSON line committed in results/speed/*.jsonl (benchmarks/gpu_speed.py through the harness
     benchmarks/time_to_accuracy.py) as tables: runs to the target, the bare training step, the loader."""
-    from trainer.report import pct_cell, reached_cell
+    from trainer.tools.report import pct_cell, reached_cell
 
     lines = _speed_lines()
     if not lines:
@@ -331,8 +331,8 @@ def _compared_runs() -> list[Path]:
 
 
 def block_compare() -> str:
-    """`s7 compare`'s table of every committed run folder (trainer/compare.py), each linked to its report."""
-    from trainer.compare import compare_table, summarize
+    """`s7 compare`'s table of every committed run folder (trainer/tools/compare.py), each linked to its report."""
+    from trainer.tools.compare import compare_table, summarize
 
     runs = _compared_runs()
     if not runs:
@@ -345,7 +345,7 @@ def block_compare() -> str:
 def draw_compare_figure() -> None:
     """results/compare/committed.png: `s7 compare`'s curves of the same runs (written by `make readme`, never
     by --check)."""
-    from trainer.compare import plot_curves, summarize
+    from trainer.tools.compare import plot_curves, summarize
 
     runs = _compared_runs()
     if runs:

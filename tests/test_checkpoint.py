@@ -8,7 +8,9 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -18,13 +20,14 @@ from safetensors.torch import load_file
 
 from runs import PYTHON, REPO, assert_same_metrics, copy_run, flags, sub_env, train_in_process, unfinished_copy
 from trainer import checkpoint
-from trainer import main as trainer_main
 from trainer.config import TrainConfig, resume_hint
+from trainer.optim import make_optimizer
 from trainer.tracking import read_metrics
 
 
-def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240) -> tuple[int, str]:
-    """Run trainer/main.py, send `sig` right after the first stdout line starting with `after`."""
+def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240,
+                   when: Callable[[], bool] = lambda: True) -> tuple[int, str]:
+    """Run trainer/main.py, send `sig` after the first stdout line starting with `after`, as soon as `when()`."""
     proc = subprocess.Popen([PYTHON, "trainer/main.py", *argv], cwd=REPO, env=sub_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     watchdog = threading.Timer(timeout, proc.kill)
@@ -34,6 +37,9 @@ def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240) 
         for line in proc.stdout:
             lines.append(line)
             if not sent and line.startswith(after):
+                deadline = time.monotonic() + 60
+                while not when() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 proc.send_signal(sig)
                 sent = True
         rc = proc.wait()
@@ -70,20 +76,20 @@ def test_sigint_exits_130_with_resume_hint_and_resume_matches_uninterrupted_run(
     assert (run / "train.log").read_text().count("s7 train:") == 2  # one header per launch, in one log
 
 
-def test_sigterm_exits_130_and_leaves_a_loadable_state(data, tmp_path, capsys):
-    rc, out = run_and_signal(flags(data, tmp_path, "term", "--train-subset", "300", epochs=2), signal.SIGTERM,
-                             "epoch   1/2")
+def test_sigterm_during_epoch_2_exits_130_and_resumes_from_epoch_1(data, tmp_path, capsys):
     run = tmp_path / "term"
+    pointer = run / "checkpoints" / "latest"
+    rc, out = run_and_signal(flags(data, tmp_path, "term", "--train-subset", "300", epochs=4), signal.SIGTERM,
+                             "epoch   1/4", when=lambda: pointer.is_file() and pointer.read_text() == "epoch-0001")
     assert rc == 130, out
-    assert "interrupted (SIGTERM) during epoch" in out and "--resume" in out
-    done = saved_epoch(run)
-    assert done in (0, 1)
+    assert "interrupted (SIGTERM) during epoch 2" in out and "--resume" in out
+    assert saved_epoch(run) == 1
 
     capsys.readouterr()
     assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
-    assert f"resumed from epoch {done} of 2" in capsys.readouterr().out
-    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]  # no epoch repeated or skipped
-    assert saved_epoch(run) == 2
+    assert "resumed from epoch 1 of 4" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]  # no epoch repeated or skipped
+    assert saved_epoch(run) == 4
 
 
 def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(baseline, tmp_path, capsys):
@@ -151,7 +157,7 @@ def test_resume_of_another_models_checkpoint_names_both_models(baseline, tmp_pat
 
 
 def test_evaluate_with_another_model_name_on_s7_weights_is_a_clear_error(baseline, data, capsys):
-    from trainer import cli
+    from trainer.tools import cli
 
     rc = cli.main(["evaluate", str(baseline), "--data", str(data.tree), "--data-dir", str(data.cache),
                    "--model", "s7_dilated"])
@@ -163,7 +169,7 @@ def test_evaluate_with_another_model_name_on_s7_weights_is_a_clear_error(baselin
 def test_evaluate_of_weights_that_do_not_fit_is_a_clear_error(baseline, data, tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from trainer import cli
+    from trainer.tools import cli
 
     state = load_file(str(baseline / "model/model.safetensors"))
     key = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
@@ -183,7 +189,7 @@ def accelerator_like_run(run: Path):
     cfg = TrainConfig.load(run / "config.yaml")
     accelerator = Accelerator(cpu=True)
     model = timm.create_model(cfg.model, num_classes=3)
-    optimizer = trainer_main.make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = accelerator.prepare(torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=1000, pct_start=cfg.pct_start, div_factor=cfg.div_factor,

@@ -10,7 +10,7 @@ import pytest
 
 import synthetic
 from runs import PYTHON, REPO, sub_env
-from trainer import cli
+from trainer.tools import cli
 from trainer.tracking import read_metrics
 
 
@@ -84,7 +84,7 @@ def test_evaluate_of_a_folder_without_weights_is_a_one_line_error(data, tmp_path
 
 def test_s7_command_exits_2_with_one_line_error_and_no_traceback(baseline, tmp_path):
     """The real entry point, in its own process: exit status and stderr as a user sees them."""
-    p = subprocess.run([PYTHON, "-m", "trainer.cli", "predict", str(baseline), str(tmp_path / "missing.png")],
+    p = subprocess.run([PYTHON, "-m", "trainer.tools.cli", "predict", str(baseline), str(tmp_path / "missing.png")],
                        cwd=REPO, env=sub_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stdout == "" and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr

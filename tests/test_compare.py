@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import cli
-from trainer.compare import compare_table, curves_figure, find_run_dir, run_device, summarize
+from trainer.tools import cli
+from trainer.tools.compare import compare_table, curves_figure, find_run_dir, run_device, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 BEST = "best (picked on test, for reference only)"

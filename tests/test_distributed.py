@@ -12,8 +12,8 @@ from accelerate import Accelerator
 import wandb_records
 from runs import (COMPARED, EPOCHS, N_TEST, REPO, TORCHRUN, assert_same_metrics, final_lr, flags, recount_accuracy,
                   sub_env, wandb_env)
-from trainer import main as trainer_main
 from trainer.config import TrainConfig
+from trainer.precision import make_accelerator
 from trainer.tracking import read_metrics
 
 # Two ranks of 32 images make a batch of 64: twice the one-process smoke recipe's learning rate (linear scaling),
@@ -122,7 +122,7 @@ def test_world_size_that_disagrees_with_accelerate_is_a_clear_error(monkeypatch)
     Accelerator(cpu=True)  # this process's Accelerate state: one process, not distributed
     cfg = TrainConfig(wandb_mode="disabled", mixed_precision="no")  # as the state above
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert trainer_main.make_accelerator(cfg).num_processes == 1  # agreeing: fine
+    assert make_accelerator(cfg).num_processes == 1  # agreeing: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match=r"launched 2 processes but Accelerate runs 1 \(DistributedType.NO\)"):
-        trainer_main.make_accelerator(cfg)
+        make_accelerator(cfg)

@@ -1,4 +1,4 @@
-"""Class activation maps (trainer/explain.py): the map entering GAP averages to the logit, a net whose evidence is
+"""Class activation maps (trainer/tools/explain.py): the map entering GAP averages to the logit, a net whose evidence is
 local puts the map's peak where the evidence is, `s7 explain` draws and labels what it says, and each run's report
 gains a grid of its most confident mistakes with their maps."""
 from __future__ import annotations
@@ -15,11 +15,11 @@ from PIL import Image
 from torch import nn
 
 import models
-from trainer import cli
+from trainer.tools import cli
 from trainer.checkpoint import save_weights
-from trainer.evaluate import logits_batches
-from trainer.explain import class_maps, image_maps, upsample
-from trainer.report import _mistake_maps_section, build_report, save_predictions
+from trainer.tools.evaluate import logits_batches
+from trainer.tools.explain import class_maps, image_maps, upsample
+from trainer.tools.report import _mistake_maps_section, build_report, save_predictions
 
 MEAN, STD = [100.0] * 3, [60.0] * 3  # pixel units, as a run's meta stores them
 CLASSES = ["red", "blue"]
@@ -76,7 +76,7 @@ def blob_images(n: int, corner: tuple[int, int], cls: int, seed: int = 0) -> np.
 
 
 # s7_dilated is left out: its unpadded transitions leave 4x4 cells that lie 1 px apart at the image centre,
-# so no map of it can point at a corner (trainer/explain.py says so).
+# so no map of it can point at a corner (trainer/tools/explain.py says so).
 @pytest.mark.parametrize("name", ["s7", "s7_strided"])
 @pytest.mark.parametrize("corner", CORNERS)
 @pytest.mark.parametrize("cls", [0, 1])

@@ -1,4 +1,4 @@
-"""`s7 export` (trainer/export.py): one ONNX file that takes uint8 RGB NHWC pixels, normalises them with the
+"""`s7 export` (trainer/tools/export.py): one ONNX file that takes uint8 RGB NHWC pixels, normalises them with the
 statistics the weights were trained with and gives PyTorch's logits (to 1e-4) for any batch size; the README's
 lines classify an image with onnxruntime alone; `--int8` writes a smaller static-quantised twin."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import cli
+from trainer.tools import cli
 from trainer.checkpoint import load_weights
-from trainer.evaluate import load_classifier, logits_batches, read_image
-from trainer.export import USAGE, onnx_logits, quantize_int8, session
+from trainer.tools.evaluate import load_classifier, logits_batches, read_image
+from trainer.tools.export import USAGE, onnx_logits, quantize_int8, session
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "weights" / "s7.safetensors"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer.report import (LEGACY_SELECTION, build_report, first_row_reaching, model_meta, results_achieved,
+from trainer.tools.report import (LEGACY_SELECTION, build_report, first_row_reaching, model_meta, results_achieved,
                             rules_label, rules_verdict, run_results, save_predictions, selected_row,
                             upgrade_legacy_rows)
 
@@ -243,7 +243,7 @@ def test_the_epoch_axis_shows_whole_epochs_with_room_either_side(epochs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer.report import epoch_axis
+    from trainer.tools.report import epoch_axis
 
     fig, ax = plt.subplots()
     ax.plot(epochs, [50.0] * len(epochs))

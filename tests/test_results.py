@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 import models
-from trainer.report import LEGACY_SELECTION, build_report, run_results
+from trainer.tools.report import LEGACY_SELECTION, build_report, run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -94,7 +94,7 @@ def test_each_committed_run_rebuilds_an_honest_report(run, tmp_path):
 def test_shipped_weights_reproduce_the_runs_test_accuracy(name, tmp_path_factory, capsys):
     if not SHARED.is_file():
         pytest.skip(f"shared JPEG copy not found at {SHARED}")
-    from trainer.evaluate import evaluate_command
+    from trainer.tools.evaluate import evaluate_command
 
     assert evaluate_command(str(ROOT / f"models/weights/{name}.safetensors"), str(SHARED), str(ROOT / "data"),
                             None, 500) == 0

@@ -1,4 +1,4 @@
-"""`s7 robustness` (trainer/robustness.py): severity 0 is the clean image, every corruption's accuracy falls as its
+"""`s7 robustness` (trainer/tools/robustness.py): severity 0 is the clean image, every corruption's accuracy falls as its
 severity rises on a task built to show it, the noise is seeded (two runs, one result), and the command writes the
 table, JSON and plot."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import synthetic
-from trainer import cli
+from trainer.tools import cli
 from trainer.checkpoint import save_weights
-from trainer.evaluate import logits_batches, predict_batches
-from trainer.robustness import CORRUPTIONS, SEVERITIES, corrupt, robustness
+from trainer.tools.evaluate import logits_batches, predict_batches
+from trainer.tools.robustness import CORRUPTIONS, SEVERITIES, corrupt, robustness
 
 PIXELS = [0.0] * 3, [255.0] * 3  # mean, std: the detector sees 0-1 pixels
 

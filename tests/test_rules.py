@@ -9,7 +9,7 @@ import models
 from models.blocks import DepthwiseSeparableConv
 from models.rules import (check_model, count_depthwise_separable, is_gap, is_max_pool, load_model,
                           required_transitions, trace)
-from trainer.cli import main as s7_main
+from trainer.tools.cli import main as s7_main
 
 
 WIDTH = 8  # the Toy's channels: narrow, so that the gradient RF check stays quick

@@ -20,7 +20,9 @@ from runs import (PYTHON, REPO, assert_same_metrics, final_lr, flags, sub_env, t
                   train_until_interrupted)
 from trainer import checkpoint
 from trainer import main as trainer_main
-from trainer.config import TrainConfig, resolve
+from trainer.config import RunError, TrainConfig, resolve
+from trainer.precision import make_accelerator, pick_precision
+from trainer.startup import STARTUP_FILE
 from trainer.tracking import read_metrics
 
 
@@ -96,7 +98,7 @@ def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
     assert (seen["autocast"], seen["autocast_dtype"], seen["conv_output_dtype"]) == (True, "torch.bfloat16",
                                                                                      "torch.bfloat16")
     assert seen["input_dtype"] == "torch.float32"  # autocast casts inside the net, the batch stays fp32
-    assert json.loads((tmp_path / "bf16" / trainer_main.STARTUP_FILE).read_text())["precision"] == "bf16"
+    assert json.loads((tmp_path / "bf16" / STARTUP_FILE).read_text())["precision"] == "bf16"
 
 
 @pytest.mark.slow
@@ -106,6 +108,8 @@ def test_auto_precision_autocasts_to_bf16_exactly_where_the_cpu_has_it_natively(
     assert seen["conv_output_dtype"] == ("torch.bfloat16" if native else "torch.float32")
     log = (tmp_path / "auto" / "train.log").read_text()
     assert ("precision bf16 (auto: the CPU has native bf16" if native else "precision no (auto: the CPU has no") in log
+    # the run's config.yaml (and so its report and W&B config) says what auto chose, not `auto`
+    assert TrainConfig.load(tmp_path / "auto" / "config.yaml").mixed_precision == ("bf16" if native else "no")
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
@@ -114,21 +118,21 @@ def test_auto_precision_on_a_cpu_follows_its_native_bf16(monkeypatch, avx512_bf1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    precision, why = trainer_main.pick_precision("auto")
+    precision, why = pick_precision("auto")
     assert precision == expected and why.startswith("auto: the CPU has")
-    assert trainer_main.pick_precision("no") == ("no", "--mixed-precision no")  # a choice given is kept
+    assert pick_precision("no") == ("no", "--mixed-precision no")  # a choice given is kept
 
 
 def test_fp16_on_the_cpu_is_refused_in_one_line_not_run_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(trainer_main.RunError, match=r"^--mixed-precision fp16 needs a GPU .* use bf16 or no$"):
-        trainer_main.make_accelerator(resolve(["--mixed-precision", "fp16"]))
+    with pytest.raises(RunError, match=r"^--mixed-precision fp16 needs a GPU .* use bf16 or no$"):
+        make_accelerator(resolve(["--mixed-precision", "fp16"]))
 
 
 def test_startup_is_timed_phase_by_phase_to_the_end_of_the_first_step(data, tmp_path):
     assert train_in_process(flags(data, tmp_path, "s", *QUICK)) == 0
     run = tmp_path / "s"
-    t = json.loads((run / trainer_main.STARTUP_FILE).read_text())
+    t = json.loads((run / STARTUP_FILE).read_text())
     first = read_metrics(run)[0]
     assert list(t["phases"])[:9] == ["imports", "config", "accelerator", "data", "statistics", "loaders", "model",
                                      "prepare", "run_files"]
@@ -202,4 +206,4 @@ def test_a_compiled_run_resumes_to_the_same_figures(compiled_run, data, tmp_path
     assert train_until_interrupted(flags(data, tmp_path, "cut", *COMPILED, epochs=3), at_epoch=3) == 130
     assert train_in_process(["--resume", str(tmp_path / "cut"), "--wandb-mode", "disabled"]) == 0
     assert_same_metrics(read_metrics(tmp_path / "cut"), read_metrics(run))
-    assert json.loads((tmp_path / "cut" / trainer_main.STARTUP_FILE).read_text())["resumed"] is True
+    assert json.loads((tmp_path / "cut" / STARTUP_FILE).read_text())["resumed"] is True

@@ -12,9 +12,9 @@ import yaml
 
 import wandb_records
 from runs import REPO, SMOKE, wandb_env
-from trainer import cli
+from trainer.tools import cli
 from trainer.config import TrainConfig, build_parser, resolve
-from trainer.sweep import agent_command, load_sweep
+from trainer.tools.sweep import agent_command, load_sweep
 from trainer.tracking import read_metrics, wandb_key
 
 SWEEP = REPO / "configs" / "sweep.yaml"
@@ -171,7 +171,7 @@ def test_local_sweep_runs_each_trial_as_a_run_folder_and_compares_them(data, tmp
 def test_categorical_and_constant_parameters_draw_only_their_values():
     from numpy.random import default_rng
 
-    from trainer.sweep import sample
+    from trainer.tools.sweep import sample
 
     params = {"a": {"values": [0.0, 0.99]}, "b": {"value": 7}, "c": {"min": 1, "max": 3},
               "d": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}}

@@ -1,5 +1,5 @@
 """Every `s7` tool refuses bad input before any work: one `error:` line on stderr naming the flag, file or value,
-exit status 2 (as argparse's), nothing written. In process (trainer.cli.main), on inputs made here in
+exit status 2 (as argparse's), nothing written. In process (trainer.tools.cli.main), on inputs made here in
 milliseconds: no dataset, no training."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 
 import synthetic
 from runs import REPO
-from trainer import cli
+from trainer.tools import cli
 from trainer.checkpoint import save_weights
 
 CLASSES = list(synthetic.CLASSES)

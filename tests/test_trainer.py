@@ -20,6 +20,7 @@ from runs import (N_TEST, PYTHON, REPO, SMOKE, assert_same_metrics, copy_run, fi
                   train_until_interrupted)
 from trainer import main as trainer_main
 from trainer.config import TrainConfig, resolve
+from trainer.optim import make_optimizer
 from trainer.tracking import read_metrics
 
 # ---------------------------------------------------------------- 1. it learns
@@ -129,7 +130,7 @@ def test_run_folder_holds_every_file_and_report_numbers_equal_metrics(weak_run, 
 
 
 def test_s7_report_rebuilds_the_same_report_from_the_run_folder(weak_run, tmp_path, capsys):
-    from trainer import cli
+    from trainer.tools import cli
 
     run = copy_run(weak_run, tmp_path / "r")
     before = {n: (run / n).read_text() for n in ("report.md", "per_class.md")}
@@ -148,7 +149,7 @@ def test_s7_report_rebuilds_the_same_report_from_the_run_folder(weak_run, tmp_pa
 
 
 def test_report_of_a_folder_without_metrics_is_a_one_line_error(tmp_path, capsys):
-    from trainer import cli
+    from trainer.tools import cli
 
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -210,10 +211,10 @@ def test_weight_decay_skips_batchnorm_and_biases(name):
     import models  # noqa: F401
 
     model = timm.create_model(name, num_classes=10)
-    groups = trainer_main.param_groups(model, 5e-4)
-    decay = {id(p) for p in groups[0]["params"]}
-    no_decay = {id(p) for p in groups[1]["params"]}
-    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
+    opt = make_optimizer(TrainConfig(weight_decay=5e-4), model)
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 5e-4]
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 5e-4 for p in g["params"]}
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert not decay & no_decay and decay | no_decay == {id(p) for p in model.parameters()}
     norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
     n_norm = n_bias = 0
@@ -226,5 +227,3 @@ def test_weight_decay_skips_batchnorm_and_biases(name):
             if p.ndim > 1:
                 assert id(p) in decay, f"{mod_name}.{pname}"
     assert n_norm > 0 and n_bias > 0  # the model has BatchNorm and biases to exclude
-    opt = trainer_main.make_optimizer(TrainConfig(weight_decay=5e-4), model)
-    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]

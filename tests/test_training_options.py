@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from runs import PYTHON, REPO, assert_same_metrics, flags, sub_env, train_in_process, train_until_interrupted
-from trainer import cli
+from trainer.tools import cli
 from trainer.dataset import split_validation
 from trainer.loop import train_one_epoch
 from trainer.tracking import read_metrics

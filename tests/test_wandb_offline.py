@@ -1,5 +1,7 @@
 """Weights & Biases: an offline run's own log file holds every epoch, the resolved config and the summary
-(read back with tests/wandb_records.py); `--wandb-mode disabled` never imports wandb."""
+(read back with tests/wandb_records.py); each run folder has its own W&B id, which its resume continues; the
+weights are `best` only when a validation split chose them; steps never go back; `--wandb-mode disabled` never
+imports wandb."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import wandb_records
-from runs import PYTHON, REPO, flags, sub_env, wandb_env
+from runs import PYTHON, REPO, flags, sub_env, unfinished_copy, wandb_env
 from trainer.config import TrainConfig
-from trainer.tracking import read_metrics
+from trainer.tracking import RUN_ID_FILE, read_metrics
 
 # metrics.jsonl column -> its W&B name (trainer/tracking.py, wandb_key), written out here as the contract
 NAMESPACED = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss", "test_acc": "test/acc",
@@ -21,14 +23,38 @@ NAMESPACED = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss":
               "images_per_second": "speed/images_per_second", "wall_seconds": "time/wall_seconds"}
 
 
+OUTPUT = "output.txt"  # beside the run folder: what the run printed
+
+
+def offline(data, out: Path, *argv: str) -> Path:
+    """`python trainer/main.py ARGV` with W&B offline and not silenced (its warnings print as a user sees them);
+    stdout and stderr are kept in OUT/output.txt."""
+    p = subprocess.run([PYTHON, "trainer/main.py", *argv], cwd=REPO,
+                       env=sub_env(**wandb_env(data.base), WANDB_SILENT="false"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (out / OUTPUT).write_text(p.stdout + p.stderr)
+    return out
+
+
 @pytest.fixture(scope="module")
 def offline_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("wandb-runs")
-    argv = flags(data, out, "wb", "--train-subset", "96", epochs=2, wandb="offline")
-    p = subprocess.run([PYTHON, "trainer/main.py", *argv], cwd=REPO, env=sub_env(**wandb_env(data.base)),
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
+    offline(data, out, *flags(data, out, "wb", "--train-subset", "96", epochs=2, wandb="offline"))
     return out / "wb"
+
+
+@pytest.fixture(scope="module")
+def val_run(data, tmp_path_factory):
+    """The same --name in another --out folder, with a validation split choosing the shipped epoch."""
+    out = tmp_path_factory.mktemp("wandb-runs-val")
+    offline(data, out, *flags(data, out, "wb", "--train-subset", "192", "--val-split", "48", epochs=2,
+                              wandb="offline"))
+    return out / "wb"
+
+
+def run_record(path: Path):
+    return next(r.run for r in wandb_records.records(path) if r.WhichOneof("record_type") == "run")
 
 
 def test_offline_run_writes_exactly_one_wandb_log_with_valid_framing(offline_run):
@@ -108,6 +134,7 @@ def test_wandb_config_is_the_resolved_config_with_rules_and_summary_has_final_ac
     assert summary["final_test_acc_tta"] == pytest.approx(rows[-1]["test_acc_tta"])
     assert summary["selected_epoch"] == 2 and summary["last_epoch"] == 2
     assert config["rules"] and set(config["rules"].values()) == {"PASS"}
+    assert (config["mixed_precision"], config["precision_reason"]) == ("no", "--mixed-precision no")  # smoke's
 
 
 def test_wandb_run_identity_names_commit_device_data_and_recipe(offline_run):
@@ -127,15 +154,21 @@ def test_wandb_run_identity_names_commit_device_data_and_recipe(offline_run):
     assert list(run.tags) == [saved.model, saved.optimizer, "cpu"]
 
 
-def test_shipped_weights_go_up_as_a_model_artifact_aliased_latest_and_best(offline_run):
+def model_artifacts(run: Path) -> list:
+    recs = wandb_records.records(wandb_records.run_file(run))
+    return [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+
+
+def test_final_epoch_weights_go_up_as_a_model_artifact_aliased_latest_and_final_not_best(offline_run):
+    """No validation split: nothing chose these weights over another epoch's, so they are not called best."""
     import base64
     import hashlib
 
     recs = wandb_records.records(wandb_records.run_file(offline_run))
-    models = [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    models = model_artifacts(offline_run)
     assert len(models) == 1
     art = models[0]
-    assert art.name == "s7-wb" and sorted(art.aliases) == ["best", "latest"]
+    assert art.name == "s7-wb" and sorted(art.aliases) == ["final", "latest"]
     files = {c.path: c for c in art.manifest.contents}
     assert set(files) == {"model.safetensors", "meta.json"}
     for name, entry in files.items():
@@ -143,6 +176,71 @@ def test_shipped_weights_go_up_as_a_model_artifact_aliased_latest_and_best(offli
         assert entry.size == len(data) and entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode()
     meta = json.loads((offline_run / "model" / "meta.json").read_text())
     assert json.loads(art.metadata) == meta and meta["epoch"] == wandb_records.summary(recs)["selected_epoch"]
+
+
+def test_weights_chosen_by_a_validation_split_are_aliased_best(val_run):
+    models = model_artifacts(val_run)
+    assert len(models) == 1 and sorted(models[0].aliases) == ["best", "latest"]
+    assert json.loads((val_run / "model" / "meta.json").read_text())["selected_by"] == "best val_acc"
+
+
+def test_runs_of_one_name_in_two_out_folders_get_different_wandb_ids_kept_in_the_run_folder(offline_run, val_run):
+    ids = [run_record(wandb_records.run_file(r)).run_id for r in (offline_run, val_run)]
+    assert offline_run.name == val_run.name and ids[0] != ids[1]  # the folder's name is not the id
+    assert ids == [(r / RUN_ID_FILE).read_text().strip() for r in (offline_run, val_run)]
+
+
+def test_a_resumed_run_continues_the_wandb_run_of_its_first_launch(data, offline_run, tmp_path):
+    first = run_record(wandb_records.run_file(offline_run)).run_id
+    copy = unfinished_copy(offline_run, tmp_path / "moved")  # another folder name: the id follows the run
+    offline(data, tmp_path, "--resume", str(copy), "--wandb-mode", "offline")
+    logs = sorted(copy.glob("wandb/offline-run-*/*.wandb"))
+    assert len(logs) == 2  # the first launch's, copied, and the resumed one's
+    resumed = next(p for p in logs if p.parent.name not in {q.parent.name for q in
+                                                             (offline_run / "wandb").glob("offline-run-*/*.wandb")})
+    assert run_record(resumed).run_id == first
+    assert [h["epoch"] for h in wandb_records.history(wandb_records.records(resumed)) if "test/acc" in h] == [2]
+
+
+@pytest.mark.parametrize("which", ["offline_run", "val_run"])
+def test_wandb_steps_and_epochs_never_go_back_in_the_history(which, request):
+    history = wandb_records.history(wandb_records.records(wandb_records.run_file(request.getfixturevalue(which))))
+    assert any("per_class/_type" in h for h in history)  # the media are in it
+    for key in ("_step", "epoch", "step"):
+        values = [h[key] for h in history if key in h]
+        assert values and values == sorted(values), key
+
+
+def test_media_are_logged_at_the_last_epoch_when_the_shipped_epoch_is_an_earlier_one(tmp_path):
+    """A validation split may ship epoch 1 of 3: the media (of the shipped epoch) still go after epoch 3's row."""
+    import types
+
+    import numpy as np
+
+    from trainer.tracking import wandb_files_and_summary
+
+    logged: list[dict] = []
+    run = types.SimpleNamespace(dir=str(tmp_path), summary={}, log=logged.append,
+                                save=lambda *a, **k: None, log_artifact=lambda *a, **k: None)
+    accelerator = types.SimpleNamespace(is_main_process=True, get_tracker=lambda name, unwrap: run)
+    cfg = types.SimpleNamespace(wandb_mode="offline", model="s7", val_split=48)
+    wrong = [(np.zeros((8, 8, 3), np.uint8), "cat", "dog", 0.9)]
+    wandb_files_and_summary(accelerator, cfg, tmp_path, {"selected_epoch": 1, "last_epoch": 3}, [], wrong)
+    assert len(logged) == 1 and logged[0]["epoch"] == 3 and "misclassified" in logged[0]
+
+
+def test_run_files_go_to_wandb_without_symlinked_warnings(offline_run):
+    """wandb warns "Symlinked 1 file into the W&B run directory ..." for each run.save of a file outside the
+    run's files folder: six lines a run, before. The files are still saved, as they are in the run folder."""
+    printed = (offline_run.parent / OUTPUT).read_text()
+    assert "wandb:" in printed  # W&B was not silenced: its warnings would show here
+    assert "Symlinked" not in printed and "into the W&B run directory" not in printed
+    recs = wandb_records.records(wandb_records.run_file(offline_run))
+    saved = {f.path: f.policy for r in recs if r.WhichOneof("record_type") == "files" for f in r.files.files}
+    names = ["summary.txt", "receptive_field.md", "rules.md", "report.md", "per_class.md", "config.yaml"]
+    files = wandb_records.run_file(offline_run).parent / "files"
+    for name in names:
+        assert name in saved and (files / name).read_bytes() == (offline_run / name).read_bytes(), name
 
 
 def logged_media(offline_run, key: str) -> tuple[dict, Path]:
@@ -234,7 +332,7 @@ def test_disabled_mode_trains_with_wandb_unimportable_and_never_imports_it_itsel
 
 
 def test_the_reports_grid_of_mistakes_with_class_maps_goes_to_wandb_as_an_image(offline_run):
-    """The report's mistake_maps.png (trainer/explain.py) is logged once, as a W&B image of that very file."""
+    """The report's mistake_maps.png (trainer/tools/explain.py) is logged once, as a W&B image of that very file."""
     import hashlib
 
     history = wandb_records.history(wandb_records.records(wandb_records.run_file(offline_run)))
@@ -262,7 +360,7 @@ def test_evaluate_downloads_an_artifact_reference_online_and_refuses_it_offline(
 
     import wandb
 
-    from trainer.evaluate import load_classifier
+    from trainer.tools.evaluate import load_classifier
 
     asked = []
 

@@ -12,11 +12,16 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+class RunError(ValueError):
+    """A run that cannot start as asked (unknown model, broken rule, schedule too short, folder taken)."""
+
+
 def _opt(default: Any, help: str) -> Any:
     """A config field with its --help text (dataclass metadata, as in timm's train.py args)."""
     return field(default=default, metadata={"help": help})
 
 
+# size: every hyperparameter is a field of TrainConfig, with its --help text, in one place (as airbench keeps them)
 @dataclass
 class TrainConfig:
     """Every knob of a run. Defaults are the `s7` default recipe; configs/*.yaml override them."""

@@ -4,12 +4,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from trainer.augment import reseed
+from trainer.augment import build_train_transform, reseed
+from trainer.config import TrainConfig
+from trainer.dataset import CifarData, channel_stats, load_data, split_validation, subset
 
 
 class AugmentedDataset(Dataset):
@@ -118,3 +123,53 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )
+
+
+@dataclass
+class Inputs:
+    """What the data side hands the loop: the data, its pixel statistics, datasets and loaders."""
+
+    data: CifarData
+    test_x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    transform: object
+    train_ds: AugmentedDataset
+    train_loader: DataLoader
+    test_loader: DataLoader
+    val_loader: DataLoader | None
+
+
+def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: Any = None) -> Inputs:
+    """dataset -> (subset) -> validation split -> statistics -> augmentation -> loaders (not yet prepared);
+    `clock` (trainer.startup.StartupClock) books the data, statistics and loaders phases of the start-up."""
+    mark = clock.mark if clock is not None else (lambda phase: None)
+    with accelerator.main_process_first():  # one decode, the other ranks read the cache
+        data = load_data(cfg.data, cfg.data_dir)
+    train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
+    test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
+    val = split_validation(train_x, train_y, cfg.val_split) if cfg.val_split else None
+    if val:
+        train_x, train_y = val[0], val[1]
+    mark("data")
+    mean, std = channel_stats(train_x)  # of the images trained on: the held-out ones stay unseen
+    mark("statistics")
+    transform = build_train_transform(mean, **cfg.augment_kwargs())
+    rank = accelerator.process_index
+    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
+    pin = accelerator.device.type == "cuda"
+    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
+                               pin_memory=pin, seed=cfg.seed)
+
+    def eval_loader(x: np.ndarray, y: np.ndarray) -> DataLoader:
+        # even_batches pads every rank's last batch to full size: keep batches no larger than a rank's share
+        batch = max(1, min(1000, -(-len(y) // accelerator.num_processes)))
+        # no workers: with no augmentation, reading the decoded uint8 arrays here costs less than forked workers'
+        # hand-over, and on a 2-core CPU those workers took the cores from the evaluation itself
+        return make_loader(AugmentedDataset(x, y, None, seed=cfg.seed, rank=rank), batch, shuffle=False,
+                           workers=0, pin_memory=pin, seed=cfg.seed)
+
+    inputs = Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
+                    eval_loader(val[2], val[3]) if val else None)
+    mark("loaders")
+    return inputs

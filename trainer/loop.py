@@ -77,6 +77,22 @@ def current_momentum(optimizer: torch.optim.Optimizer) -> float:
     return float(group["momentum"]) if "momentum" in group else float(group["betas"][0])
 
 
+def _step(accelerator, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer,
+          scheduler) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """One optimizer step; returns the logits, the loss (detached, fp32) and the lr and momentum it used."""
+    with accelerator.autocast():
+        logits = model(x)
+        loss = criterion(logits, y)
+    accelerator.backward(loss)
+    # the values this step uses (scheduler.step() moves past them)
+    lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return logits, loss.detach().float(), lr, momentum
+
+
 def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler, criterion, mean, std, *,
                     epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0,
                     progress: bool = False,
@@ -107,20 +123,10 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
         data_seconds += time.perf_counter() - fetch_start
         if step < 2:
             timed.append(time.perf_counter())
-        x = prepare_batch(x, mean, std, channels_last)
-        with accelerator.autocast():
-            logits = model(x)
-            loss = criterion(logits, y)
-        accelerator.backward(loss)
-        # the values this step uses (scheduler.step() moves past them)
-        lr, momentum = optimizer.param_groups[0]["lr"], current_momentum(optimizer)
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        logits, detached, lr, momentum = _step(accelerator, model, prepare_batch(x, mean, std, channels_last), y,
+                                               criterion, optimizer, scheduler)
         if ema is not None:
             ema.update(plain, step=ema_step + step + 1)
-        detached = loss.detach().float()
         if on_step is not None:  # (step, lr, momentum, loss tensor): reads the loss only on the steps it logs
             on_step(step, lr, momentum, detached)
         # Track the first bad step on the device: no host sync and no host-to-device copy per step.

@@ -9,7 +9,7 @@ RUN/startup.json.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import signal
 import sys
@@ -17,32 +17,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import psutil
 import timm
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader
 
 import models
 from models.receptive_field import format_rf_table, receptive_field, rf_table
 from models.rules import check_model, format_rules, required_transitions, summary_text
-from trainer import checkpoint, report, tracking
-from trainer.augment import build_train_transform, describe_pipeline
-from trainer.config import TrainConfig, resolve, resume_hint
-from trainer.dataset import CifarData, DataError, channel_stats, load_data, split_validation, subset
-from trainer.loader import AugmentedDataset, make_loader, resolve_workers
+from trainer import checkpoint, tracking
+from trainer.augment import describe_pipeline
+from trainer.config import RunError, TrainConfig, resolve, resume_hint
+from trainer.dataset import DataError
+from trainer.loader import Inputs, build_inputs, resolve_workers
 from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
+from trainer.optim import compile_model, make_optimizer, make_scheduler
+from trainer.precision import accelerator_and_precision
+from trainer.startup import StartupClock, cpu_epoch_estimate, process_start, record_startup
+from trainer.text import counted
+from trainer.tools import report
 from trainer.whiten import whiten_first_conv
 
 IMPORTED = time.time()  # the end of the imports phase of the start-up
-STARTUP_FILE = "startup.json"
-
-
-class RunError(ValueError):
-    """A run that cannot start as asked (unknown model, broken rule, schedule too short, folder taken)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,108 +50,11 @@ def _raise_interrupt(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def process_start() -> float:
-    """Wall-clock time this process started (the OS's record): time to accuracy counts from here."""
-    return psutil.Process().create_time()
-
-
-class StartupClock:
-    """Wall-clock seconds of each start-up phase, from process start (the OS's record) on: each `mark` books
-    the time since the previous one to a phase, so the phases add up to the whole start-up."""
-
-    def __init__(self, origin: float) -> None:
-        self.origin, self.last = origin, origin
-        self.phases: dict[str, float] = {}
-
-    def mark(self, phase: str, at: float | None = None) -> None:
-        now = time.time() if at is None else at
-        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
-        self.last = now
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). `mkldnn._is_mkldnn_bf16_supported()` is
-    true on any AVX-512 CPU, where oneDNN emulates bf16 and a bf16 step runs slower than fp32."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def pick_precision(requested: str) -> tuple[str, str]:
-    """The autocast dtype a run uses and why: `requested` as given, or for auto bf16 on GPUs and CPUs that have it
-    in hardware, fp16 on older GPUs, full precision on CPUs that would only emulate bf16."""
-    if requested != "auto":
-        return requested, f"--mixed-precision {requested}"
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "auto: the GPU has bf16"
-        return "fp16", "auto: the GPU lacks bf16"
-    if native_cpu_bf16():
-        return "bf16", "auto: the CPU has native bf16 (AVX512-BF16/AMX)"
-    return "no", "auto: the CPU has no native bf16 (emulated bf16 runs slower than fp32)"
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
-    without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps."""
-    precision, _ = pick_precision(cfg.mixed_precision)
-    if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would silently train in fp32
-        raise RunError("--mixed-precision fp16 needs a GPU (Accelerate autocasts to fp16 only there); "
-                       "on the CPU use bf16 or no")
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=precision,
-        log_with="wandb" if cfg.wandb_mode != "disabled" else None,
-        step_scheduler_with_optimizer=False,  # we step OneCycle once per batch ourselves, sized to the shard
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, even_batches=True,
-                                                  non_blocking=cfg.non_blocking),
-    )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != accelerator.num_processes:
-        raise SystemExit(f"error: launched {world} processes but Accelerate runs {accelerator.num_processes} "
-                         f"({accelerator.distributed_type}); on CPUs launch with torchrun or --multi_cpu")
-    return accelerator
-
-
 def check_model_name(name: str) -> None:
     """Fail before any data work when timm does not know the net."""
     if not timm.is_model(name):
         raise RunError(f"--model {name}: not a registered net; the s7 nets are {', '.join(models.MODEL_NAMES)} "
                        "(any timm model name also works, with --allow-rule-violations)")
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only, never on BatchNorm or biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:  # frozen ones (--whiten) are neither trained nor decayed
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Nesterov SGD or AdamW; --momentum is SGD's momentum or AdamW's beta1."""
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-
-
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int,
-                   peak_lr: float | None = None):
-    """OneCycle over every step of the run, peaking at `peak_lr` (default --lr); momentum cycles only when the
-    config says so. A run too short for the schedule's phases stops here with a one-line reason."""
-    if steps_per_epoch < 1:
-        raise RunError(f"--batch-size {cfg.batch_size} is larger than the {train_images} training images per "
-                       "process: not one full batch to train on; use a smaller --batch-size")
-    total = cfg.epochs * steps_per_epoch
-    warm = cfg.pct_start * total
-    if warm <= 1 or total - warm < 1:
-        raise RunError(f"{total} optimizer steps ({cfg.epochs} epochs x {steps_per_epoch}) are too few for OneCycle "
-                       f"with --pct-start {cfg.pct_start} ({warm:g} warm-up steps; it needs more than 1 and at least "
-                       "one step after); use more --epochs, a smaller --batch-size or another --pct-start")
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr if peak_lr is None else peak_lr, total_steps=total, pct_start=cfg.pct_start,
-        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
-        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -176,87 +76,6 @@ def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
     return Path(cfg.out) / decided[0]
 
 
-ESTIMATE_STEPS = 5  # training steps timed for the CPU estimate, after the first (which pays the warm-up)
-
-
-def cpu_epoch_estimate(job: Job) -> None:
-    """Log how long an epoch and the rest of the run take on this CPU, from the time of the first training steps
-    of this launch (steps 2 to ESTIMATE_STEPS + 1): no probe before training, a clock read per step until then.
-    Evaluation is counted as two forward passes per image (flip TTA), a third of a training step's cost each."""
-    cfg, acc, inp = job.cfg, job.accelerator, job.inp
-    steps = len(inp.train_loader)
-    last = min(ESTIMATE_STEPS + 1, steps)
-    n_eval = (len(inp.test_x) + (len(inp.val_loader.dataset) if inp.val_loader is not None else 0)) \
-        // acc.num_processes
-    ends: list[float] = []
-    installed = time.perf_counter()
-
-    def after_step(*_) -> None:
-        ends.append(time.perf_counter())
-        if len(ends) < last:
-            return
-        handle.remove()
-        per_step = (ends[-1] - ends[0]) / (last - 1) if last > 1 else ends[0] - installed
-        est = per_step * steps + per_step / cfg.batch_size * 2 / 3 * n_eval
-        left = cfg.epochs - job.start_epoch + 1
-        job.log.line(f"warning: training on the CPU; one epoch takes about {_duration(est)} ({report.counted(left, 'epoch')} "
-                     f"to go: about {_duration(est * left)}; timed over the first "
-                     f"{last} steps)")
-
-    torch_optimizer = getattr(job.optimizer, "optimizer", job.optimizer)  # inside Accelerate's wrapper
-    handle = torch_optimizer.register_step_post_hook(after_step)
-
-
-@dataclass
-class Inputs:
-    """What the data side hands the loop: the data, its pixel statistics, datasets and loaders."""
-
-    data: CifarData
-    test_x: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    transform: object
-    train_ds: AugmentedDataset
-    train_loader: DataLoader
-    test_loader: DataLoader
-    val_loader: DataLoader | None
-
-
-def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: StartupClock | None = None) -> Inputs:
-    """dataset -> (subset) -> validation split -> statistics -> augmentation -> loaders (not yet prepared);
-    `clock` books the data, statistics and loaders phases of the start-up."""
-    clock = clock or StartupClock(time.time())
-    with accelerator.main_process_first():  # one decode, the other ranks read the cache
-        data = load_data(cfg.data, cfg.data_dir)
-    train_x, train_y = subset(data.train_x, data.train_y, cfg.train_subset)
-    test_x, test_y = subset(data.test_x, data.test_y, cfg.test_subset)
-    val = split_validation(train_x, train_y, cfg.val_split) if cfg.val_split else None
-    if val:
-        train_x, train_y = val[0], val[1]
-    clock.mark("data")
-    mean, std = channel_stats(train_x)  # of the images trained on: the held-out ones stay unseen
-    clock.mark("statistics")
-    transform = build_train_transform(mean, **cfg.augment_kwargs())
-    rank = accelerator.process_index
-    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
-    pin = accelerator.device.type == "cuda"
-    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
-                               pin_memory=pin, seed=cfg.seed)
-
-    def eval_loader(x: np.ndarray, y: np.ndarray) -> DataLoader:
-        # even_batches pads every rank's last batch to full size: keep batches no larger than a rank's share
-        batch = max(1, min(1000, -(-len(y) // accelerator.num_processes)))
-        # no workers: with no augmentation, reading the decoded uint8 arrays here costs less than forked workers'
-        # hand-over, and on a 2-core CPU those workers took the cores from the evaluation itself
-        return make_loader(AugmentedDataset(x, y, None, seed=cfg.seed, rank=rank), batch, shuffle=False,
-                           workers=0, pin_memory=pin, seed=cfg.seed)
-
-    inputs = Inputs(data, test_x, mean, std, transform, train_ds, train_loader, eval_loader(test_x, test_y),
-                    eval_loader(val[2], val[3]) if val else None)
-    clock.mark("loaders")
-    return inputs
-
-
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
     """The net and its rule check; a net that breaks a rule is refused unless --allow-rule-violations."""
     model = timm.create_model(cfg.model, num_classes=num_classes)
@@ -266,15 +85,6 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, li
         raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
                        "train it anyway with --allow-rule-violations")
     return model, rules
-
-
-def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """The module the training step calls: `model` itself, or torch.compile's wrapper around it (compiled at its
-    first call). The wrapper shares the parameters; `model` stays the one that is checkpointed and shipped, so
-    state dicts keep their plain keys (no `_orig_mod.`)."""
-    if mode == "none":
-        return model
-    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, rf_rows: list,
@@ -301,10 +111,6 @@ def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None
     return row
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
 @dataclass
 class Job:
     """Everything one run's epochs need, built once by `setup`."""
@@ -324,6 +130,7 @@ class Job:
     start_epoch: int
     started: float  # wall-clock origin of this process's share of `wall_seconds`
     startup: StartupClock | None = None  # until the first training step of this launch is timed
+    precision_reason: str = ""  # why the run computes in cfg.mixed_precision (resolve_precision)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -341,7 +148,7 @@ def setup(cfg: TrainConfig) -> Job:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    accelerator = make_accelerator(cfg)
+    accelerator, cfg, precision_reason = accelerator_and_precision(cfg)
     run_dir = claim_run_dir(cfg, accelerator)
     set_seed(cfg.seed)
     clock.mark("accelerator")
@@ -385,13 +192,13 @@ def setup(cfg: TrainConfig) -> Job:
                         {"parameters": n_params, "receptive_field": rf, "rules": rule_summary,
                          "peak_lr": peak_lr, "global_batch_size": state["global_batch_size"],
                          "data_source": inp.data.source, "data_mean": [float(v) for v in inp.mean],
-                         "data_std": [float(v) for v in inp.std]})
+                         "data_std": [float(v) for v in inp.std], "precision_reason": precision_reason})
     clock.mark("run_files")
 
     job = Job(cfg, accelerator, run_dir, log, inp, model, train_model, optimizer, scheduler, ema,
               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), state,
               start_epoch=state.get("epoch", 0) + 1, started=time.time() if cfg.resume else process_start(),
-              startup=clock)
+              startup=clock, precision_reason=precision_reason)
     _log_header(job, n_params, rf, rules)
     if not cfg.resume:
         checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", 0, state, ema)
@@ -407,10 +214,10 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
     log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
     log.line(f"rules: {'ALL PASS' if not failed else 'FAIL: ' + ', '.join(failed) + ' (--allow-rule-violations)'}")
     log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
-             f"{acc.distributed_type}, precision {acc.mixed_precision} ({pick_precision(cfg.mixed_precision)[1]})")
+             f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
-             f"threads, {report.counted(resolve_workers(cfg.workers), 'loader worker')} per process")
+             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process")
     log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
              f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
              + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))
@@ -423,30 +230,6 @@ def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
         cpu_epoch_estimate(job)
     if cfg.resume:
         log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
-
-
-def record_startup(job: Job, tr: EpochResult) -> None:
-    """RUN/startup.json and a log line: each start-up phase of this launch (they add up to `seconds`), to the end
-    of its first training step. `first_step_excess_seconds` is what the first step took beyond the second: the
-    compile with --compile, else the warm-up of kernels (and cuDNN's autotuning)."""
-    clock = job.startup
-    clock.mark("workers", at=clock.last + tr.first_batch_seconds)  # worker start and the first batch
-    clock.mark("first_step", at=clock.last + tr.first_step_seconds)
-    excess = (max(tr.first_step_seconds - tr.second_step_seconds, 0.0)
-              if tr.second_step_seconds is not None else None)
-    cfg, acc = job.cfg, job.accelerator
-    out = {"seconds": clock.last - clock.origin, "phases": clock.phases, "first_step_excess_seconds": excess,
-           "compile": cfg.compile, "data_from_cache": job.inp.data.from_cache, "resumed": bool(cfg.resume),
-           "epoch": job.start_epoch,
-           # what the run used, as resolved on this machine
-           "device": torch.cuda.get_device_name() if acc.device.type == "cuda" else "CPU",
-           "processes": acc.num_processes, "precision": acc.mixed_precision, "peak_lr": job.state["peak_lr"],
-           "workers": resolve_workers(cfg.workers), "threads": torch.get_num_threads()}
-    if acc.is_main_process:
-        checkpoint.write_atomic(job.run_dir / STARTUP_FILE, json.dumps(out, indent=1) + "\n")
-    job.log.line(f"start-up: {out['seconds']:.1f} s from process start to the end of the first step ("
-                 + ", ".join(f"{k} {v:.2f}" for k, v in clock.phases.items()) + " s)")
-    job.startup = None
 
 
 def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
@@ -467,7 +250,7 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     va = validate(acc, job.eval_model, inp.val_loader, inp.mean, inp.std, desc="val", **evaluate) \
         if inp.val_loader is not None else None
     te = validate(acc, job.eval_model, inp.test_loader, inp.mean, inp.std, **evaluate)
-    if not np.isfinite(te.loss):
+    if not math.isfinite(te.loss):
         raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
                             "training stopped, last checkpoint kept")
     wall = job.state["elapsed_before"] + time.time() - job.started

@@ -7,14 +7,17 @@ optional `import wandb` at import time; that is timm's, and harmless when wandb 
 
 In W&B: epoch metrics as train/..., val/..., test/..., time/..., speed/... against `epoch`; step/lr,
 step/momentum and step/loss against `step`; the shipped weights as a model artifact; the report's media
-(misclassified grid and table, per-class table, class maps) as images and tables.
+(misclassified grid and table, per-class table, class maps) as images and tables, at the run's last epoch.
+Each run folder has its own W&B id (RUN/wandb_run_id.txt), which a resumed run continues.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,13 +121,29 @@ def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str | None:
     return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
 
 
+RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id, made once and kept in RUN/wandb_run_id.txt, so a resumed run continues its W&B run.
+    Random: a folder's name is not unique (every local sweep has a trial-01, and --name repeats across --out
+    folders). A run from before the file, which already has a W&B run, keeps the id it had: its folder's name."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = Path(run_dir).name.replace("/", "-") if (Path(run_dir) / "wandb").is_dir() else uuid.uuid4().hex[:16]
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 def init_wandb(accelerator, cfg, run_dir: Path, run_name: str, extra: dict[str, Any]) -> None:
     """Start the W&B run through Accelerate's trackers (no-op when disabled). cfg.wandb_mode is resolved.
 
     Identity: the resolved config plus `extra` (rule check, parameters, RF, data statistics), git commit and
-    device; group = model, job type = recipe, tags = model, optimizer, device type. Metrics: every epoch
-    metric is plotted against `epoch`, the per-step ones against `step`; accuracies keep their max and last
-    value in the summary (test/acc -> {"max": .., "last": ..}), other metrics their last."""
+    device; id = `wandb_run_id` (kept in the run folder), name = the folder's; group = model, job type = recipe,
+    tags = model, optimizer, device type. Metrics: every epoch metric is plotted against `epoch`, the per-step
+    ones against `step`; accuracies keep their max and last value in the summary (test/acc -> {"max": ..,
+    "last": ..}), other metrics their last."""
     if cfg.wandb_mode == "disabled":
         return
     device = accelerator.device.type
@@ -135,7 +154,7 @@ def init_wandb(accelerator, cfg, run_dir: Path, run_name: str, extra: dict[str, 
         init_kwargs={"wandb": {"name": run_name, "group": cfg.model, "mode": cfg.wandb_mode, "dir": str(run_dir),
                                "tags": [cfg.model, cfg.optimizer, device],
                                "job_type": cfg.recipe or "custom", "resume": "allow",
-                               "id": run_name.replace("/", "-")}},
+                               "id": wandb_run_id(run_dir) if accelerator.is_main_process else None}},
     )
     if not accelerator.is_main_process:
         return
@@ -206,9 +225,7 @@ def wandb_files_and_summary(accelerator, cfg, run_dir: Path, summary: dict[str, 
 
     for k, v in summary.items():
         run.summary[k] = v
-    for name in files:
-        if (run_dir / name).is_file():
-            run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+    save_run_files(run, run_dir, files)
     log_model_artifact(run, cfg, run_dir)
     media: dict[str, Any] = {}
     if misclassified:
@@ -227,8 +244,20 @@ def wandb_files_and_summary(accelerator, cfg, run_dir: Path, summary: dict[str, 
     for key, (name, caption) in captions.items():
         if (run_dir / name).is_file():
             media[key] = wandb.Image(str(run_dir / name), caption=caption)
-    if media:
-        run.log({"epoch": summary.get("selected_epoch", summary.get("last_epoch", 0)), **media})
+    if media:  # at the last epoch logged: the shipped epoch (summary selected_epoch) may be an earlier one
+        run.log({"epoch": summary.get("last_epoch", summary.get("selected_epoch", 0)), **media})
+
+
+def save_run_files(run, run_dir: Path, names: list[str]) -> None:
+    """Run-folder files to the W&B run's files, copied into its files folder and saved from there. `run.save` of a
+    file outside that folder links it in and warns "Symlinked 1 file into the W&B run directory; call wandb.save
+    again to sync new files." once per call (wandb/sdk/lib/filesystem.py, LinkStats); a file already in the folder
+    is only published. A copy, uploaded once (policy now): these files are final when the run ends."""
+    files_dir = Path(run.dir)
+    for name in names:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, files_dir / name)
+            run.save(str(files_dir / name), base_path=str(files_dir), policy="now", glob=False)
 
 
 def per_class_table(run_dir: Path) -> list[list] | None:
@@ -238,16 +267,16 @@ def per_class_table(run_dir: Path) -> list[list] | None:
         return None
     import numpy as np
 
-    from trainer.report import per_class_rows  # here: report imports this module
+    from trainer.tools.report import per_class_rows  # here: report imports this module
 
     p = np.load(path)
     return per_class_rows(p["preds"], p["labels"], [str(c) for c in p["classes"]])
 
 
 def log_model_artifact(run, cfg, run_dir: Path) -> None:
-    """RUN/model/ (model.safetensors + meta.json) as a W&B model artifact, aliased `latest` and `best`.
-    "best" is the epoch the run shipped: the best validation accuracy with --val-split, else the final epoch
-    (meta.json's `selected_by` says which); the artifact's metadata is meta.json."""
+    """RUN/model/ (model.safetensors + meta.json) as a W&B model artifact, aliased `latest` and `best` when a
+    validation split (--val-split) chose the epoch, else `latest` and `final` (the final epoch's weights: no
+    split picked them, so nothing is "best"); meta.json's `selected_by` says which, and is the metadata."""
     import wandb
 
     from trainer.checkpoint import WEIGHTS_DIR
@@ -263,4 +292,4 @@ def log_model_artifact(run, cfg, run_dir: Path) -> None:
     for name in ("model.safetensors", "meta.json"):
         if (folder / name).is_file():
             art.add_file(str(folder / name), name=name)
-    run.log_artifact(art, aliases=["latest", "best"])
+    run.log_artifact(art, aliases=["latest", "best" if cfg.val_split > 0 else "final"])

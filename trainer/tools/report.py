@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trainer.text import counted  # noqa: F401  (the report's lines and its callers)
 from trainer.tracking import read_metrics
 
 LEGACY_SELECTION = "best test_acc (old trainer: picked on the test split)"
@@ -28,11 +29,6 @@ NOT_MEASURED = "not measured"
 
 
 # ---------------------------------------------------------------- the rules a run is read by
-
-def counted(n: int, noun: str) -> str:
-    """"1 epoch", "20 epochs": a count with its noun in the right number, for every line a person reads."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
 
 def selected_row(rows: list[dict]) -> dict:
     """The epoch whose weights a run ships: the highest val_acc (the earliest on a tie) when the run holds out a
@@ -413,10 +409,10 @@ def _rules_section(rules_md: str | None) -> str:
 
 
 def _mistake_maps_section(run_dir: Path) -> str:
-    """The grid of the most confident mistakes with their class activation maps (trainer/explain.py): the
+    """The grid of the most confident mistakes with their class activation maps (trainer/tools/explain.py): the
     maps are computed from the run's shipped weights and predictions.npz into mistake_maps.npz, which a
     folder without weights still draws from."""
-    from trainer.explain import MISTAKE_MAPS_NPZ, mistake_maps_png, save_mistake_maps
+    from trainer.tools.explain import MISTAKE_MAPS_NPZ, mistake_maps_png, save_mistake_maps
 
     save_mistake_maps(run_dir)
     if mistake_maps_png(run_dir) is not None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from models.blocks import OutputHead
-from trainer.evaluate import load_classifier, normalized_batches, read_image
+from trainer.tools.evaluate import load_classifier, normalized_batches, read_image
 
 MAP_SIZE = 32
 MISTAKES_SHOWN = 8  # the report's grid: the most confident of the mistakes predictions.npz keeps

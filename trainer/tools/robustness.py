@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from trainer.augment import reseed
-from trainer.evaluate import logits_batches
+from trainer.tools.evaluate import logits_batches
 
 # name: (what the parameter is, the parameter at severities 0, 1, 2, 3)
 CORRUPTIONS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -135,7 +135,7 @@ def robustness_command(path: str, data: str | None, data_dir: str, out: str, lim
     split's size is refused rather than run on the whole split: the figures would then be recorded under a
     subset the user did not get (a typo in N, or the wrong --data), and 0 already means all."""
     from trainer.dataset import subset
-    from trainer.evaluate import data_source, load_classifier, load_matching_data
+    from trainer.tools.evaluate import data_source, load_classifier, load_matching_data
 
     model, meta = load_classifier(path, model_name)
     d = load_matching_data(path, meta, data, data_dir)

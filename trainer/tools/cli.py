@@ -96,7 +96,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_weights_args(p: argparse.ArgumentParser) -> None:
-    """The weights a command reads (trainer.evaluate.load_classifier), and the net when nothing names it."""
+    """The weights a command reads (trainer.tools.evaluate.load_classifier), and the net when nothing names it."""
     p.add_argument("checkpoint", help="run folder, checkpoint folder or .safetensors weights, or (W&B online) a "
                                       "model artifact: ENTITY/PROJECT/NAME:ALIAS or wandb-artifact://...")
     p.add_argument("--model", default=None,
@@ -316,29 +316,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show-augment":
             return show_augment_command(args.data, args.data_dir, args.out, args.n, args.draws, args.seed)
         if args.command == "evaluate":
-            from trainer.evaluate import evaluate_command
+            from trainer.tools.evaluate import evaluate_command
             return evaluate_command(args.checkpoint, args.data, args.data_dir, args.model, args.batch_size)
         if args.command == "predict":
-            from trainer.evaluate import predict_command
+            from trainer.tools.evaluate import predict_command
             return predict_command(args.checkpoint, args.images, args.model)
         if args.command == "report":
-            from trainer.report import report_command
+            from trainer.tools.report import report_command
             return report_command(args.run_dir)
         if args.command == "explain":
-            from trainer.explain import explain_command
+            from trainer.tools.explain import explain_command
             return explain_command(args.checkpoint, args.images, args.out, args.top, args.labels, args.model)
         if args.command == "export":
-            from trainer.export import export_command
+            from trainer.tools.export import export_command
             return export_command(args.checkpoint, args.onnx, args.int8, args.model, args.data, args.data_dir)
         if args.command == "robustness":
-            from trainer.robustness import robustness_command
+            from trainer.tools.robustness import robustness_command
             return robustness_command(args.checkpoint, args.data, args.data_dir, args.out, args.limit, args.seed,
                                       args.model)
         if args.command == "compare":
-            from trainer.compare import compare_command
+            from trainer.tools.compare import compare_command
             return compare_command(args.run_dirs, args.out)
         if args.command == "sweep":
-            from trainer.sweep import run_sweep
+            from trainer.tools.sweep import run_sweep
             return run_sweep(args.sweep_file, args.trials, args.out, args.seed, trainer_flags)
     except (FileNotFoundError, ValueError) as e:  # user-facing input errors, UsageError too: one line, no traceback
         print(f"error: {e}", file=sys.stderr)

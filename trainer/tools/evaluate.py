@@ -12,7 +12,7 @@ import models  # noqa: F401  (registers the s7 nets)
 from trainer.checkpoint import STATE_FILE, WEIGHTS_DIR, CheckpointError, load_weights
 from trainer.dataset import load_data
 from trainer.loop import normalize
-from trainer.report import model_meta, per_class_markdown
+from trainer.tools.report import model_meta, per_class_markdown
 from trainer.tracking import weights_path
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

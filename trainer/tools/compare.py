@@ -1,6 +1,6 @@
 """`s7 compare RUN_DIR...`: runs side by side, from their run folders alone (offline, no W&B server).
 
-Each run's figures come from `trainer.report.run_results` (the same reading `s7 report` makes: final epoch,
+Each run's figures come from `trainer.tools.report.run_results` (the same reading `s7 report` makes: final epoch,
 time to the target, rules, parameters, receptive field); this module adds only what a comparison needs:
 the best epoch's test accuracy (picked on the test split, so shown for reference only), the mean training
 throughput, the device, and one figure with every run's test curves overlaid.
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.report import _series, pct_cell, reached_cell, rules_label, run_results, target_label
+from trainer.tools.report import _series, pct_cell, reached_cell, rules_label, run_results, target_label
 
 BEST_LABEL = "best (picked on test, for reference only)"
 LEGEND = ("final = the last epoch's test accuracy (the headline); best = the highest test accuracy of any epoch, "

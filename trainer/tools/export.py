@@ -152,7 +152,7 @@ def measure(files: dict[str, Path], model: nn.Module, meta: dict, test_x: np.nda
             source: str) -> dict:
     """Size, test accuracy, agreement with PyTorch (largest logit difference, argmax matches) and CPU
     latency of each exported file, with PyTorch's own accuracy beside them and where it was measured."""
-    from trainer.evaluate import logits_batches
+    from trainer.tools.evaluate import logits_batches
 
     reference = logits_batches(model, test_x, meta["mean"], meta["std"])
     load_before = os.getloadavg()[0]
@@ -198,7 +198,7 @@ def export_command(path: str, onnx_path: str, int8: bool, model_name: str | None
     """`s7 export`: write the ONNX file (and with --int8 its quantised twin); with --data, measure both on the
     test split and write the figures to FILE.json beside it."""
     from trainer.dataset import subset
-    from trainer.evaluate import data_source, load_classifier, load_matching_data
+    from trainer.tools.evaluate import data_source, load_classifier, load_matching_data
 
     out = Path(onnx_path)  # its suffix and place are checked by the command line (cli.Output)
     if int8 and data is None:

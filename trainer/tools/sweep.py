@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESERVED_FLAGS = ("--out", "--name", "--resume")  # the runner's own per-trial flags
 
 
@@ -137,7 +137,7 @@ def run_sweep(sweep_file: str, trials: int, out: str | None, seed: int, trainer_
     """Run `trials` trials one after another under `out` (trial-01, trial-02, ...), log each one's values and
     command to OUT/trials.jsonl, then print `s7 compare` of the finished ones and draw OUT/compare.png.
     Returns 0 when every trial finished, else 1."""
-    from trainer.compare import compare_table, plot_curves, summarize
+    from trainer.tools.compare import compare_table, plot_curves, summarize
 
     path = Path(sweep_file)
     sweep = load_sweep(path)
