@@ -12,7 +12,7 @@ run() {
     local name=$1; shift
     .venv/bin/python trainer/main.py "${COMMON[@]}" --name "$name" "$@" > /dev/null || return
     mkdir -p "results/ablations/$name/model"
-    (cd "runs/ablations/$name" && cp config.yaml metrics.jsonl train.log report.md rules.md summary.txt \
+    (cd "runs/ablations/$name" && cp config.yaml facts.json metrics.jsonl train.log report.md rules.md summary.txt \
         receptive_field.md augmentation.txt ./*.png per_class.md predictions.npz "../../../results/ablations/$name/" \
         && cp model/meta.json "../../../results/ablations/$name/model/")
 }

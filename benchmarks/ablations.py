@@ -1,5 +1,5 @@
 """The equal-budget comparison table of benchmarks/ablations.md, read from the committed run folders under
-results/ablations/ (metrics.jsonl, config.yaml, summary.txt), so no figure in it is typed by hand.
+results/ablations/ (metrics.jsonl, config.yaml, facts.json), so no figure in it is typed by hand.
 
     .venv/bin/python benchmarks/ablations.py
 """
@@ -20,7 +20,7 @@ def table(folder: Path = ROOT / "results" / "ablations") -> str:
     """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures,
     and the machine (run_info.json's "where": img/s compare only within one machine)."""
     from trainer.config import TrainConfig
-    from trainer.tools.report import run_results
+    from trainer.tools.results import run_results
 
     default = TrainConfig()
     lines = ["| run | net | params | recipe (differences from the trainer defaults) | epochs | val acc | "

@@ -42,7 +42,7 @@ def machine_line(args) -> str:
 def nets(args) -> None:
     """The three nets' default recipes, two epochs each."""
     import models
-    from trainer.tracking import read_metrics
+    from trainer.runfolder import read_metrics
 
     print("| model | train img/s | test img/s | est. s per 50k-image epoch + 10k test |")
     print("|---|---|---|---|")

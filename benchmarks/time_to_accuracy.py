@@ -91,7 +91,8 @@ def loop_images_per_s(rows: list[dict]) -> float:
 def print_table(run_dir: Path, target: float) -> dict:
     """Per-epoch table, time to `target` test accuracy (without and with flip TTA), final-epoch accuracy and
     where the time went; returns the time_to_accuracy.json fields."""
-    from trainer.tools.report import pct, run_results
+    from trainer.tools.report import pct
+    from trainer.tools.results import run_results
 
     res = run_results(run_dir)  # the report's reading of the run folder (legacy rows upgraded)
     rows = res["rows"]

@@ -25,11 +25,12 @@ Not in `models.MODEL_NAMES` yet: `import models.candidates` registers them with 
 from __future__ import annotations
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import S7Net
+from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net
+from models.registry import register
 
 
 def _depthwise(channels: int, kernel: int, dilation: int) -> nn.Sequential:
@@ -129,7 +130,7 @@ def build_a_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int,
 
 def _cfg() -> dict:
     return dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
-                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), first_conv="c1.0.0",
+                mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv="c1.0.0",
                 classifier="head.classifier", license="mit")
 
 
@@ -138,25 +139,25 @@ default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in
                                       ("s7_cand_a", "s7_cand_b", "s7_cand_a_strided", "s7_cand_a_dilated")})
 
 
-@register_model
+@register(None)
 def s7_cand_a(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate A: full-conv ResNet front at 32x32 and 16x16, depthwise-separable back at 8x8."""
     return build_model_with_cfg(build_a, "s7_cand_a", pretrained, **kwargs)
 
 
-@register_model
+@register(None)
 def s7_cand_b(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate B: gated mixed-kernel blocks (chained large and dilated depthwise kernels, GLU 1x1 expansion)."""
     return build_model_with_cfg(build_b, "s7_cand_b", pretrained, **kwargs)
 
 
-@register_model
+@register("strided")
 def s7_cand_a_strided(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate A's full-conv front under s7_strided's rule: three 3x3 stride-2 transitions."""
     return build_model_with_cfg(build_a_strided, "s7_cand_a_strided", pretrained, **kwargs)
 
 
-@register_model
+@register("dilated")
 def s7_cand_a_dilated(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate A's full-conv front under s7_dilated's rule: no stride, unpadded dilated transitions."""
     return build_model_with_cfg(build_a_dilated, "s7_cand_a_dilated", pretrained, **kwargs)

@@ -11,30 +11,60 @@ import json
 from pathlib import Path
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+from models.registry import register
+
+# Per-channel mean and std of the original CIFAR-10 training split, 0-1 scale (pixel units / 255): the
+# normalisation of weights that do not carry their own.
+CIFAR10_MEAN = (125.307 / 255, 122.950 / 255, 113.865 / 255)
+CIFAR10_STD = (62.993 / 255, 62.089 / 255, 66.705 / 255)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WIDTHS = (32, 64, 96, 128)  # channels of C1..C4, sized to stay under 100k parameters
 
 
 class S7Net(nn.Module):
-    """C1 -> T1 -> C2 -> T2 -> C3 -> T3 -> C4 -> O."""
+    """C1 -> T1 -> C2 -> T2 -> C3 -> T3 -> C4 -> O, with timm's classifier API: the classifier is O's 1x1 conv
+    before GAP (`get_classifier`), `forward_features` ends at C4's map, `forward_head` is O."""
 
     def __init__(self, c1: nn.Module, t1: nn.Module, c2: nn.Module, t2: nn.Module, c3: nn.Module,
-                 t3: nn.Module, c4: nn.Module, head: nn.Module) -> None:
+                 t3: nn.Module, c4: nn.Module, head: OutputHead) -> None:
         super().__init__()
         self.c1, self.t1, self.c2, self.t2, self.c3, self.t3, self.c4 = c1, t1, c2, t2, c3, t3, c4
         self.head = head
+        self.num_features = head.classifier.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the net scores; 0 after `reset_classifier(0)` (then it returns pooled features)."""
+        return self.head.classifier.out_channels if isinstance(self.head.classifier, nn.Conv2d) else 0
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, untrained 1x1 conv to `num_classes` before GAP (none for 0); only average pooling exists."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: the rules allow only global average pooling ('avg')")
+        self.head.classifier = nn.Conv2d(self.num_features, num_classes, 1) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c3(self.t2(self.c2(self.t1(self.c1(x)))))
+        return self.c4(self.t3(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; with `pre_logits`, the pooled features the classifier reads (a 1x1 conv commutes with GAP)."""
+        return self.head.gap(x).flatten(1) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.c3(self.t2(self.c2(self.t1(self.c1(x)))))
-        return self.head(self.c4(self.t3(x)))
+        return self.forward_head(self.forward_features(x))
 
 
-def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: nn.Module) -> S7Net:
+    """s7_strided's and s7's shared stack: two 3x3 stride-2 transitions, then `t3`."""
     w1, w2, w3, w4 = widths
     return S7Net(
         c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
@@ -42,10 +72,15 @@ def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
         c2=ResidualDS(w2),
         t2=DepthwiseSeparableConv(w2, w3, stride=2),                         # -> 8x8
         c3=ResidualDS(w3, dilation=2),
-        t3=DepthwiseSeparableConv(w3, w4, stride=2),                         # -> 4x4
+        t3=t3,
         c4=ResidualDS(w4),
         head=OutputHead(w4, num_classes),
     )
+
+
+def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    """Three 3x3 stride-2 transitions: C4 at 4x4."""
+    return _strided_pair(num_classes, in_chans, widths, DepthwiseSeparableConv(widths[2], widths[3], stride=2))
 
 
 def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
@@ -63,17 +98,8 @@ def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
 
 
 def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
-    w1, w2, w3, w4 = widths
-    return S7Net(
-        c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
-        t1=DepthwiseSeparableConv(w1, w2, stride=2),                         # -> 16x16
-        c2=ResidualDS(w2),
-        t2=DepthwiseSeparableConv(w2, w3, stride=2),                         # -> 8x8
-        c3=ResidualDS(w3, dilation=2),
-        t3=DepthwiseSeparableConv(w3, w4, dilation=2),                       # 8x8 kept, RF grows
-        c4=ResidualDS(w4),
-        head=OutputHead(w4, num_classes),
-    )
+    """As `build_strided`, but T3 is dilated, not strided: C4 stays at 8x8 and the RF grows."""
+    return _strided_pair(num_classes, in_chans, widths, DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
 
 
 def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -81,7 +107,7 @@ def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, .
     timm's pretrained_cfg normalises exactly as training did; CIFAR-10's when the file is absent or silent."""
     from safetensors import safe_open
 
-    cifar10 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    cifar10 = CIFAR10_MEAN, CIFAR10_STD
     if not weights.is_file():
         return cifar10
     try:
@@ -113,19 +139,19 @@ def _create(variant: str, builder, pretrained: bool, **kwargs) -> S7Net:
     return build_model_with_cfg(builder, variant, pretrained, **kwargs)
 
 
-@register_model
+@register(None, shipped=True)
 def s7(pretrained: bool = False, **kwargs) -> S7Net:
     """Headline net: strided, strided, dilated transitions; C4 at 8x8."""
     return _create("s7", build_s7, pretrained, **kwargs)
 
 
-@register_model
+@register("strided", shipped=True)
 def s7_strided(pretrained: bool = False, **kwargs) -> S7Net:
     """Three 3x3 stride-2 transitions (32 -> 16 -> 8 -> 4)."""
     return _create("s7_strided", build_strided, pretrained, **kwargs)
 
 
-@register_model
+@register("dilated", shipped=True)
 def s7_dilated(pretrained: bool = False, **kwargs) -> S7Net:
     """No stride anywhere: unpadded dilated transitions (32 -> 28 -> 20 -> 4)."""
     return _create("s7_dilated", build_dilated, pretrained, **kwargs)

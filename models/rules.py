@@ -1,35 +1,23 @@
 """The assignment's rules as data, checked on any model from a trace of one forward pass on a zero image.
 
-The trace is the model's torch.fx graph, run op by op: every leaf module, torch function and tensor method with
-the real tensors it took and gave, and which op feeds which. So a max pooling is found however it is written (a
-module, F.max_pool2d, a max or amax over the spatial dims), "after GAP" means computed from the GAP's output
-(bare nn.Parameters included), and every op that shrinks the map is seen. The graph also runs on an image twice
-the size: the dims whose size follows the image are the spatial ones, even after a flatten or a permute.
-A model fx cannot trace (data-dependent control flow) fails the rule "traceable" and is checked, as far as that
-goes, on an eager run seen through a TorchFunctionMode, in execution order only.
+The trace (models/trace.py) shows every op; this module holds the rules read from it.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import fx, nn
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
-from models.receptive_field import (_in_channels, empirical_receptive_field, format_rf_table, is_global_pool,
-                                     receptive_field, rf_table)
+from models.receptive_field import empirical_receptive_field, is_global_pool, receptive_field
+from models.registry import TRANSITION_STYLES, transitions_of
+from models.trace import Op, Trace, trace
 
 MAX_PARAMS = 100_000
 MIN_RF = 53  # "RF > 52"
-INPUT = -1  # in Trace.feeds: the model's input image
 
-# The transition style each registered net is built for; any other net gets only the general downsampling rule.
-REQUIRED_TRANSITIONS = {"s7_strided": "strided", "s7_dilated": "dilated"}
-TRANSITION_STYLES = ("strided", "dilated")
 
 
 @dataclass
@@ -38,182 +26,6 @@ class Rule:
     required: str
     actual: str
     passed: bool
-
-
-@dataclass(eq=False)
-class Op:
-    """One call of the forward pass (a leaf module, a torch function or a tensor method) with the values it saw."""
-
-    name: str  # for the report: module path and class, or function and the module that called it
-    fn: str  # function or method name, or the leaf module's class name
-    module: nn.Module | None
-    args: tuple
-    kwargs: dict
-    inputs: list[torch.Tensor]  # every tensor in args and kwargs, in order
-    outputs: list[torch.Tensor]
-    vary_in: list[set[int]] | None = None  # per input: the dims whose size follows the image size (graph only)
-    vary_out: list[set[int]] | None = None
-
-
-@dataclass
-class Trace:
-    """The ops of one forward pass in execution order. From an fx graph, `feeds[i]` holds the ops that op i reads
-    (INPUT: the image); `error` says why fx could not trace the model, and then the ops come from an eager run."""
-
-    ops: list[Op]
-    feeds: list[set[int]] | None = None
-    error: str | None = None
-
-    def downstream(self, op: Op) -> list[Op]:
-        """Ops computed from `op`'s output, with the image-independent ops (weights) that feed them; in an eager
-        trace, every op that ran after it."""
-        i = self.ops.index(op)
-        if self.feeds is None:
-            return self.ops[i + 1:]
-        down, live = {i}, set()
-        for j, src in enumerate(self.feeds):  # graph order is a topological order
-            if src & down:
-                down.add(j)
-            if INPUT in src or src & live:
-                live.add(j)
-        side, todo = set(), [k for j in down for k in self.feeds[j]]
-        while todo:
-            k = todo.pop()
-            if k != INPUT and k not in live and k not in side:
-                side.add(k)
-                todo += self.feeds[k]
-        return [o for j, o in enumerate(self.ops) if j in (down | side) - {i}]
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
-def _op(name: str, fn: str, module: nn.Module | None, args: tuple, kwargs: dict, out: Any) -> Op:
-    return Op(name, fn, module, tuple(args), dict(kwargs), _tensors((args, kwargs)), _tensors(out))
-
-
-def _image(model: nn.Module, size: int) -> torch.Tensor:
-    p = next(model.parameters(), None)
-    return torch.zeros(1, _in_channels(model), size, size,
-                       device=None if p is None else p.device, dtype=None if p is None else p.dtype)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".replace("|", "/")
-
-
-class _Recorder(fx.Interpreter):
-    """Runs a traced graph, keeping each call's real arguments and result."""
-
-    def __init__(self, graph: fx.GraphModule) -> None:
-        super().__init__(graph, garbage_collect_values=False)
-        self.seen: dict[fx.Node, tuple[tuple, dict, Any]] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.op.startswith("call_"):
-            self.seen[n] = (*self.fetch_args_kwargs_from_env(n), out)
-        return out
-
-
-def _run_graph(graph: fx.GraphModule, image: torch.Tensor) -> dict[fx.Node, tuple[tuple, dict, Any]]:
-    recorder = _Recorder(graph)
-    recorder.run(image)
-    return recorder.seen
-
-
-def _varying(a: torch.Tensor, b: torch.Tensor) -> set[int]:
-    return {d for d in range(a.dim()) if a.dim() == b.dim() and a.shape[d] != b.shape[d]}
-
-
-def _graph_op(graph: fx.GraphModule, node: fx.Node, first: tuple, second: tuple | None) -> Op:
-    if node.op == "call_module":
-        module = graph.get_submodule(node.target)
-        fn = type(module).__name__
-        name = f"{node.target} ({fn})"
-    else:
-        module = None
-        fn = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-        stack = list((node.meta.get("nn_module_stack") or {}).values())
-        name = f"{fn} in {stack[-1][0]}" if stack else fn
-    op = _op(name, fn, module, *first)
-    if second is not None:
-        op.vary_in = [_varying(a, b) for a, b in zip(op.inputs, _tensors(second[:2]))]
-        op.vary_out = [_varying(a, b) for a, b in zip(op.outputs, _tensors(second[2]))]
-    return op
-
-
-def _graph_trace(model: nn.Module, input_size: int) -> Trace:
-    graph = fx.symbolic_trace(model)
-    first = _run_graph(graph, _image(model, input_size))
-    try:
-        second = _run_graph(graph, _image(model, 2 * input_size))
-    except Exception:  # e.g. a Linear that fixes the input size: spatial dims are then judged by position
-        second = None
-    nodes = [n for n in graph.graph.nodes if n.op.startswith("call_")]
-    index = {n: i for i, n in enumerate(nodes)}
-    ops = [_graph_op(graph, n, first[n], None if second is None else second[n]) for n in nodes]
-    feeds = [{index.get(m, INPUT) for m in n.all_input_nodes if m.op != "get_attr"} for n in nodes]
-    return Trace(ops, feeds)
-
-
-class _CallSpy(TorchFunctionMode):
-    """Records every torch function and tensor method call, named with the module that made it."""
-
-    def __init__(self, ops: list[Op], where: list[str]) -> None:
-        super().__init__()
-        self.ops, self.where = ops, where
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        fn = getattr(func, "__name__", str(func))
-        self.ops.append(_op(f"{fn} in {self.where[-1]}" if self.where else fn, fn, None, args, kwargs, out))
-        return out
-
-
-def _eager_trace(model: nn.Module, input_size: int, error: str) -> Trace:
-    ops: list[Op] = []
-    where: list[str] = []  # the paths of the modules running now, innermost last
-
-    def enter(path: str):
-        return lambda mod, inp: where.append(path)
-
-    def leave(mod, inp, out) -> None:
-        where.pop()
-
-    handles = [h for path, m in model.named_modules() if path
-               for h in (m.register_forward_pre_hook(enter(path)), m.register_forward_hook(leave))]
-    try:
-        with _CallSpy(ops, where):
-            model(_image(model, input_size))
-    finally:
-        for h in handles:
-            h.remove()
-    return Trace(ops, error=error)
-
-
-def trace(model: nn.Module, input_size: int = 32) -> Trace:
-    """The model's fx graph run on a zero image (eval mode, no gradients) or, if fx cannot trace the model, an
-    eager run, with the reason in `error`."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                return _graph_trace(model, input_size)
-            except Exception as e:  # fx's TraceError, or a graph that does not run as traced
-                return _eager_trace(model, input_size, _one_line(e))
-    finally:
-        model.train(was_training)
 
 
 def _arg(op: Op, pos: int, key: str, default: Any = None) -> Any:
@@ -391,7 +203,7 @@ def _gap_rules(model: nn.Module, tr: Trace, num_classes: int) -> list[Rule]:
 
 def required_transitions(name: str) -> str | None:
     """The transition style the registered net `name` is built for; None: only the general downsampling rule."""
-    return REQUIRED_TRANSITIONS.get(name)
+    return transitions_of(name)
 
 
 def check_model(model: nn.Module, num_classes: int = 10, transitions: str | None = None) -> list[Rule]:
@@ -427,59 +239,6 @@ def format_rules(rules: list[Rule]) -> str:
     return "\n".join(out)
 
 
-def load_model(spec: str, num_classes: int = 10) -> nn.Module:
-    """A registered timm name (`s7`) or `module:Class`: a user's own nn.Module class, built with no arguments,
-    with a Conv2d and a forward pass that runs on a 32x32 image. Anything else is a one-line ValueError, and a
-    function (`trainer.main:main`) is never called."""
-    if ":" in spec:
-        return _user_model(spec)
-    import timm
-
-    import models  # noqa: F401  (registers the s7 nets)
-
-    if not timm.is_model(spec):
-        raise ValueError(f"unknown model {spec!r}; registered s7 models: {', '.join(models.MODEL_NAMES)}")
-    return timm.create_model(spec, num_classes=num_classes)
-
-
-def _user_model(spec: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if "." not in sys.path:
-        sys.path.insert(0, ".")  # `s7 check mynet:Net` from the folder that holds mynet.py
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:  # ImportError, AttributeError, an empty name, or the module's own import failing
-        raise ValueError(f"cannot load model {spec!r}: {_one_line(e)}") from None
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ValueError(f"{spec}: not an nn.Module class but a {type(obj).__name__}; name the model's class")
-    try:
-        model = obj()
-    except Exception as e:
-        raise ValueError(f"{spec}: cannot be built with no arguments ({_one_line(e)})") from None
-    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise ValueError(f"{spec}: has no Conv2d, so it is no image model the rules apply to")
-    image = _image(model, 32)
-    try:
-        with torch.no_grad():
-            model.eval()(image)
-    except Exception as e:
-        raise ValueError(f"{spec}: its forward pass fails on a {'x'.join(map(str, image.shape))} image "
-                         f"({_one_line(e)})") from None
-    return model.train()
-
-
-def check_command(spec: str) -> int:
-    """`s7 check MODEL`: rules table and RF table; 0 only if all pass."""
-    model = load_model(spec)
-    rules = check_model(model, transitions=required_transitions(spec))
-    print(f"## {spec}: rules\n\n{format_rules(rules)}\n")
-    print(f"## {spec}: receptive field\n\n{format_rf_table(rf_table(model))}\n")
-    ok = all(r.passed for r in rules)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{spec}: {'ALL PASS' if ok else 'FAIL'} ({n:,} parameters)")
-    return 0 if ok else 1
-
-
 def summary_text(model: nn.Module) -> str:
     """torchinfo summary on a 1x3x32x32 input."""
     import copy
@@ -492,9 +251,3 @@ def summary_text(model: nn.Module) -> str:
     for unit in Units:  # torchinfo formats its unit enum, which Python 3.11+ prints as "Units.MEGABYTES"
         text = text.replace(f"(Units.{unit.name})", f"({unit.value})")
     return text
-
-
-def summary_command(spec: str) -> int:
-    """`s7 summary MODEL`."""
-    print(summary_text(load_model(spec)))
-    return 0

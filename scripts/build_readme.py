@@ -30,7 +30,7 @@ def _capture(fn, *args) -> str:
 
 def block_rules() -> str:
     import models
-    from models.rules import check_command
+    from trainer.tools.check import check_command
 
     parts = []
     for name in models.MODEL_NAMES:
@@ -39,7 +39,7 @@ def block_rules() -> str:
 
 
 def block_summary() -> str:
-    from models.rules import summary_command
+    from trainer.tools.check import summary_command
 
     return "```\n$ s7 summary s7\n" + _capture(summary_command, "s7") + "\n```"
 
@@ -56,7 +56,7 @@ def _shared_relative(text: str) -> str:
 
 
 def block_stats() -> str:
-    from trainer.tools.cli import stats_command
+    from trainer.tools.data import stats_command
 
     if not SHARED_DATA.is_file():
         return "(the shared JPEG copy was not found when this was generated)"
@@ -78,7 +78,8 @@ TTA_ONLY_NOTE = ("Runs from before issue 8 measured test accuracy with flip TTA 
 
 
 def block_results() -> str:
-    from trainer.tools.report import pct_cell, reached_cell, rules_label, run_results, target_label
+    from trainer.tools.report import pct_cell, reached_cell, rules_label, target_label
+    from trainer.tools.results import run_results
 
     results = {run.name: run_results(run) for run in _runs()}
     if not results:
@@ -103,7 +104,8 @@ def block_results() -> str:
 
 def block_speed() -> str:
     """Time to accuracy and where the time went, from each run's time_to_accuracy.json and metrics."""
-    from trainer.tools.report import reached_cell, run_results, target_label
+    from trainer.tools.report import reached_cell, target_label
+    from trainer.tools.results import run_results
 
     timed = {run.name: (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
              for run in _runs() if (run / "time_to_accuracy.json").is_file()}
@@ -149,7 +151,7 @@ def _at_least(row: dict | None, key: str, target: float) -> bool:
 
 def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
     """(how measured, first row at or above the target) for each test figure that reached it."""
-    from trainer.tools.report import first_row_reaching
+    from trainer.runfolder import first_row_reaching
 
     hits = [("without TTA", first_row_reaching(rows, target, "test_acc")),
             ("with flip TTA", first_row_reaching(rows, target, "test_acc_tta"))]
@@ -158,7 +160,7 @@ def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
 
 def block_targets() -> str:
     """Issue 5's targets against the committed runs: final-epoch test accuracy, without and with flip TTA."""
-    from trainer.tools.report import run_results
+    from trainer.tools.results import run_results
 
     names = ("s7-long", "s7-default", "s7_dilated", "s7_strided")
     if not all((RESULTS / n / "metrics.jsonl").is_file() for n in names):
@@ -209,7 +211,8 @@ def block_evaluate() -> str:
 
 def block_headline() -> str:
     """The headline run's training log and plots, from results/s7-long."""
-    from trainer.tools.report import log_table, run_results
+    from trainer.tools.report import log_table
+    from trainer.tools.results import run_results
 
     run = RESULTS / "s7-long"
     if not (run / "metrics.jsonl").is_file():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from runs import Data, cached_run, shared_data
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.augment import build_train_transform, describe_pipeline, reseed
-from trainer.tools.cli import show_augment_command
+from trainer.tools.data import show_augment_command
 
 MEAN = (200.4, 150.6, 100.2)
 OFF = dict(flip_p=0.0, ssr_p=0.0, dropout_p=0.0, gray_p=0.0)

@@ -22,7 +22,7 @@ from runs import PYTHON, REPO, assert_same_metrics, copy_run, flags, sub_env, tr
 from trainer import checkpoint
 from trainer.config import TrainConfig, resume_hint
 from trainer.optim import make_optimizer
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 
 def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240,

@@ -11,7 +11,7 @@ import pytest
 import synthetic
 from runs import PYTHON, REPO, sub_env
 from trainer.tools import cli
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 
 def evaluate(run, data, capsys) -> tuple[int, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainer import runfolder
 from trainer.tools import cli
 from trainer.tools.compare import compare_table, curves_figure, find_run_dir, run_device, summarize
 
@@ -27,21 +28,23 @@ def row(epoch: int, acc: float | None, acc_tta: float | None, ips: float, val: f
 
 
 def fake_run(root: Path, name: str, rows: list[dict], config: dict, *, rules: str | None = None,
-             params: int | None = None, rf: int | None = None, log: str | None = None,
+             params: int | None = None, rf: int | None = None, device: tuple | None = None,
              run_info: dict | None = None, state: dict | None = None) -> Path:
+    """A run folder; `rules` ("ALL PASS" or "FAIL: a, b"), `params`, `rf` and `device` ((name, precision,
+    processes)) go into facts.json as numbers and names, the verdict also into rules.md (shown, never read)."""
     run = root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if rules is not None:
         (run / "rules.md").write_text(f"| rule | result |\n|---|---|\n| parameters | PASS |\n\n{rules}\n")
-    if params is not None:
-        (run / "summary.txt").write_text(f"Layer (type)   Param #\n====\nTotal params: {params:,}\nTrainable: 1\n")
-    if rf is not None:
-        (run / "receptive_field.md").write_text("| # | layer | out | jump | RF | x |\n|---|---|---|---|---|---|\n"
-                                                f"| 1 | head | 8 | 4 | {rf} | 0.5 |\n")
-    if log is not None:
-        (run / "train.log").write_text(log)
+    if rules is not None or params is not None:
+        failed = [] if rules == "ALL PASS" else rules.removeprefix("FAIL: ").split(", ")
+        name, precision, processes = device or (None, None, None)
+        record = runfolder.facts(config["model"], params, rf, [{"name": n, "required": "", "actual": "",
+                                                                "passed": False} for n in failed],
+                                 name, precision, processes)
+        runfolder.write_facts(run, record)
     if run_info is not None:
         (run / "run_info.json").write_text(json.dumps(run_info))
     if state is not None:
@@ -65,12 +68,10 @@ GAMMA = [{k: v for k, v in row(e, a, None, 50.0).items() if k not in ("test_acc_
 def three_runs(tmp_path) -> list[Path]:
     return [
         fake_run(tmp_path, "alpha", ALPHA, {"model": "s7", "recipe": "s7", "target_acc": 87.0}, rules="ALL PASS",
-                 params=95146, rf=77, log="2026-01-01 00:00:00 devices: 1 x CPU, DistributedType.NO, precision no\n"
-                                         "2026-01-01 00:10:00 devices: 2 x CPU, DistributedType.MULTI_CPU, "
-                                         "precision no\n"),
+                 params=95146, rf=77, device=("CPU", "no", 2)),
         fake_run(tmp_path, "beta", BETA, {"model": "s7_dilated", "recipe": "", "target_acc": 90.0},
                  rules="FAIL: MaxPool, parameters", params=120000, rf=57, run_info={"where": "GPU: test box"},
-                 log="devices: 1 x NVIDIA H200, DistributedType.NO, precision bf16\n"),
+                 device=("NVIDIA H200", "bf16", 1)),
         fake_run(tmp_path, "gamma", GAMMA, {"model": "s7_strided", "recipe": "s7_strided", "target_acc": 87.0,
                                             "tta_flip": True}, state={"epoch": 3, "num_processes": 1}),
     ]
@@ -134,8 +135,8 @@ def test_table_figures_match_the_metrics_of_each_run(three_runs, capsys):
         ("s7", "s7"), ("s7_dilated", "custom"), ("s7_strided", "s7_strided")]
     assert [(table[n]["params"], table[n]["RF"]) for n in table] == [("95,146", "77"), ("120,000", "57"), ("?", "?")]
     assert [table[n]["rules"] for n in table] == ["ALL PASS", "FAIL (MaxPool, parameters)", "not checked"]
-    # where: the last launch's devices line, run_info.json over the log, the checkpoint's process count
-    assert [table[n]["device"] for n in table] == ["2 x CPU, fp32", "GPU: test box", "1 process(es)"]
+    # where: facts.json's device, precision and processes; run_info.json over them; "?" without either
+    assert [table[n]["device"] for n in table] == ["2 x CPU, fp32", "GPU: test box", "?"]
     assert (three_runs[0].parent / "c.png").stat().st_size > 0
 
 
@@ -202,4 +203,4 @@ def test_bad_input_is_one_line_naming_the_folder(tmp_path, capsys):
 
 def test_device_unknown_without_any_record(tmp_path):
     run = fake_run(tmp_path, "bare", ALPHA, {"model": "s7"})
-    assert run_device(run) == "?"
+    assert run_device(run, {}) == "?"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from trainer import dataset
-from trainer.tools.cli import stats_command
+from trainer.tools.data import stats_command
 from trainer.dataset import DataError, channel_stats, load_data
 
 CLASSES = ["zebra", "ant", "mole"]  # written unsorted: labels must follow sorted names

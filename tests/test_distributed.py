@@ -14,7 +14,7 @@ from runs import (COMPARED, EPOCHS, N_TEST, REPO, TORCHRUN, assert_same_metrics,
                   sub_env, wandb_env)
 from trainer.config import TrainConfig
 from trainer.precision import make_accelerator
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 # Two ranks of 32 images make a batch of 64: twice the one-process smoke recipe's learning rate (linear scaling),
 # without which this short run's BatchNorm statistics lag the weights and the test split sits at chance.

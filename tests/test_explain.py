@@ -19,7 +19,8 @@ from trainer.tools import cli
 from trainer.checkpoint import save_weights
 from trainer.tools.evaluate import logits_batches
 from trainer.tools.explain import class_maps, image_maps, upsample
-from trainer.tools.report import _mistake_maps_section, build_report, save_predictions
+from trainer.runfolder import save_predictions
+from trainer.tools.report import _mistake_maps_section, build_report
 
 MEAN, STD = [100.0] * 3, [60.0] * 3  # pixel units, as a run's meta stores them
 CLASSES = ["red", "blue"]

@@ -26,7 +26,7 @@ import pytest
 
 from runs import COMPARED, N_TEST, REPO, assert_same_metrics, flags, recount_accuracy, sub_env
 from test_distributed import STOP_AT_EPOCH_3
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 pytestmark = pytest.mark.slow
 

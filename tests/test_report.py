@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer.tools.report import (LEGACY_SELECTION, build_report, first_row_reaching, model_meta, results_achieved,
-                            rules_label, rules_verdict, run_results, save_predictions, selected_row,
-                            upgrade_legacy_rows)
+from trainer import runfolder
+from trainer.runfolder import (LEGACY_SELECTION, first_row_reaching, model_meta, read_facts, save_predictions,
+                               selected_row, upgrade_legacy_rows)
+from trainer.tools.report import build_report, rules_label
+from trainer.tools.results import results_achieved, run_results
 
 RULES_TABLE = """## s7: rules
 
@@ -40,8 +42,9 @@ PLAIN_RUN = [row(1, 50.0, 52.0), row(2, 88.0, 89.0), row(3, 80.0, 87.5)]
 
 
 def make_run(root: Path, rows: list[dict], *, name: str = "run", tta_flip: bool = True, rules: str | None = None,
-             meta: dict | None = None, meta_dir: str = "model") -> Path:
-    """A run folder with a tiny config.yaml, metrics.jsonl and, if given, rules.md and <meta_dir>/meta.json."""
+             failed: list[str] | None = None, meta: dict | None = None, meta_dir: str = "model") -> Path:
+    """A run folder with a tiny config.yaml, metrics.jsonl and, if given, rules.md (shown), facts.json with the
+    rules `failed` (read) and <meta_dir>/meta.json."""
     run = root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "s7", "recipe": "s7", "target_acc": 87.0,
@@ -49,6 +52,11 @@ def make_run(root: Path, rows: list[dict], *, name: str = "run", tta_flip: bool 
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if rules is not None:
         (run / "rules.md").write_text(rules)
+    if failed is not None:
+        runfolder.write_facts(run, runfolder.facts("s7", 95146, 77, [{"name": n, "required": "", "actual": "",
+                                                                      "passed": n not in failed}
+                                                                     for n in ["parameters", *failed]],
+                                                   "CPU", "bf16", 1))
     if meta is not None:
         (run / meta_dir).mkdir()
         (run / meta_dir / "meta.json").write_text(json.dumps(meta))
@@ -101,7 +109,7 @@ def test_first_row_reaching_the_target_on_each_test_figure():
 
 
 def test_results_are_final_epoch_figures_and_the_selected_epoch(tmp_path):
-    run = make_run(tmp_path, VAL_RUN, rules=RULES_TABLE + "\nALL PASS\n",
+    run = make_run(tmp_path, VAL_RUN, rules=RULES_TABLE + "\nALL PASS\n", failed=[],
                    meta={"epoch": 2, "selected_by": "best val_acc", "test_acc": 60.0, "test_acc_tta": 61.0})
     res = run_results(run)
     assert (res["final_test_acc"], res["final_test_acc_tta"], res["final_train_acc"]) == (75.0, 76.5, 34.0)
@@ -127,17 +135,12 @@ def test_model_meta_reads_model_or_the_old_best_folder(tmp_path):
 
 # ---------------------------------------------------------------- rules.md
 
-@pytest.mark.parametrize("last, failed", [("ALL PASS", []), ("FAIL: MaxPool", ["MaxPool"]),
-                                          ("FAIL: MaxPool, parameters", ["MaxPool", "parameters"])])
-def test_rules_verdict_is_the_last_line_of_rules_md(tmp_path, last, failed):
-    run = make_run(tmp_path, PLAIN_RUN, rules=f"{RULES_TABLE}\n{last}\n\n")
-    assert rules_verdict(run) == failed
-
-
-@pytest.mark.parametrize("last", ["PASS", "FAIL", "FAIL:", "ALL PASS (3 rules)", "| MaxPool | none | 1 | FAIL |"])
-def test_a_rules_md_ending_otherwise_is_an_error_not_a_pass(tmp_path, last):
-    with pytest.raises(ValueError, match="ALL PASS"):
-        rules_verdict(make_run(tmp_path, PLAIN_RUN, rules=f"{RULES_TABLE}\n{last}\n"))
+def test_the_verdict_is_read_from_facts_json_never_from_rules_md(tmp_path):
+    run = make_run(tmp_path, PLAIN_RUN, rules=RULES_TABLE + "\nALL PASS\n", failed=["MaxPool"])
+    assert run_results(run)["rules_failed"] == ["MaxPool"]
+    assert read_facts(run)["parameters"] == 95146
+    run = make_run(tmp_path, PLAIN_RUN, name="unchecked", rules=RULES_TABLE + "\nALL PASS\n")
+    assert run_results(run)["rules_failed"] is None  # no facts.json: not checked, whatever a text says
 
 
 def test_rules_label():
@@ -148,7 +151,7 @@ def test_rules_label():
 # ---------------------------------------------------------------- report.md
 
 def test_report_first_line_says_fail_when_rules_md_fails(tmp_path):
-    run = make_run(tmp_path, PLAIN_RUN, rules=RULES_TABLE + "\nFAIL: MaxPool\n")
+    run = make_run(tmp_path, PLAIN_RUN, rules=RULES_TABLE + "\nFAIL: MaxPool\n", failed=["MaxPool"])
     build_report(run)
     report = (run / "report.md").read_text()
     assert report.splitlines()[0] == "# Report: run — rules: FAIL (MaxPool)"
@@ -157,14 +160,14 @@ def test_report_first_line_says_fail_when_rules_md_fails(tmp_path):
 
 
 def test_report_first_line_says_all_pass_or_not_checked(tmp_path):
-    build_report(make_run(tmp_path, PLAIN_RUN, name="ok", rules=RULES_TABLE + "\nALL PASS\n"))
+    build_report(make_run(tmp_path, PLAIN_RUN, name="ok", rules=RULES_TABLE + "\nALL PASS\n", failed=[]))
     build_report(make_run(tmp_path, PLAIN_RUN, name="old"))
     assert (tmp_path / "ok/report.md").read_text().startswith("# Report: ok — rules: ALL PASS\n")
     assert (tmp_path / "old/report.md").read_text().startswith("# Report: old — rules: not checked\n")
 
 
 def test_results_table_shows_every_test_accuracy_with_and_without_tta(tmp_path):
-    run = make_run(tmp_path, VAL_RUN, rules=RULES_TABLE + "\nALL PASS\n",
+    run = make_run(tmp_path, VAL_RUN, rules=RULES_TABLE + "\nALL PASS\n", failed=[],
                    meta={"epoch": 2, "selected_by": "best val_acc"})
     build_report(run)
     report = (run / "report.md").read_text()
@@ -243,7 +246,7 @@ def test_the_epoch_axis_shows_whole_epochs_with_room_either_side(epochs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer.tools.report import epoch_axis
+    from trainer.tools.plots import epoch_axis
 
     fig, ax = plt.subplots()
     ax.plot(epochs, [50.0] * len(epochs))

@@ -13,7 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 import models
-from trainer.tools.report import LEGACY_SELECTION, build_report, run_results
+from trainer.runfolder import LEGACY_SELECTION
+from trainer.tools.report import build_report
+from trainer.tools.results import run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

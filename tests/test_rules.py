@@ -7,8 +7,9 @@ from torch import nn
 
 import models
 from models.blocks import DepthwiseSeparableConv
-from models.rules import (check_model, count_depthwise_separable, is_gap, is_max_pool, load_model,
-                          required_transitions, trace)
+from models.rules import check_model, count_depthwise_separable, is_gap, is_max_pool, required_transitions
+from models.trace import trace
+from trainer.tools.check import load_model
 from trainer.tools.cli import main as s7_main
 
 
@@ -257,16 +258,21 @@ def test_the_eager_fallback_still_sees_weights_after_gap():
     assert _failed(UntraceableScale()) == {"traceable", "layers with weights after GAP"}
 
 
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
-def test_s7_nets_pass_every_rule(name):
-    assert _failed(timm.create_model(name), transitions=required_transitions(name)) == set()
+@pytest.mark.parametrize("name", models.ALL_NAMES)
+def test_every_registered_net_passes_every_rule_its_transition_rule_included(name):
+    rules = {r.name: r.passed for r in check_model(timm.create_model(name), transitions=required_transitions(name))}
+    assert [n for n, ok in rules.items() if not ok] == []
+    style = required_transitions(name)
+    assert (f"transitions ({style})" in rules) if style else not any(n.startswith("transitions") for n in rules)
 
 
-def test_required_transitions_come_from_the_registered_name_not_the_model():
-    assert required_transitions("s7_strided") == "strided"
-    assert required_transitions("s7_dilated") == "dilated"
-    assert required_transitions("s7") is None and required_transitions("tests.test_rules:Toy") is None
-    assert not hasattr(timm.create_model("s7_strided"), "transitions")
+def test_each_net_declares_its_transition_style_where_it_is_registered():
+    # the _strided/_dilated suffix of every registered name, read independently of the registry
+    by_suffix = {n: next((s for s in ("strided", "dilated") if n.endswith("_" + s)), None) for n in models.ALL_NAMES}
+    assert {n: required_transitions(n) for n in models.ALL_NAMES} == by_suffix
+    assert {"s7_cand_a_strided", "s7_cand_a_dilated"} <= set(models.ALL_NAMES)  # the candidates are checked too
+    assert required_transitions("tests.test_rules:Toy") is None
+    assert set(models.MODEL_NAMES) == {"s7", "s7_strided", "s7_dilated"}
 
 
 def test_strided_rule_rejects_a_dilated_net():

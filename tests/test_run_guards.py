@@ -13,7 +13,7 @@ from torch import nn
 
 from runs import flags, train_in_process, unfinished_copy
 from trainer import checkpoint
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 
 def one_line_error(capsys) -> str:

@@ -23,7 +23,7 @@ from trainer import main as trainer_main
 from trainer.config import RunError, TrainConfig, resolve
 from trainer.precision import make_accelerator, pick_precision
 from trainer.startup import STARTUP_FILE
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 
 def cpu_flags() -> set[str]:

@@ -15,7 +15,8 @@ from runs import REPO, SMOKE, wandb_env
 from trainer.tools import cli
 from trainer.config import TrainConfig, build_parser, resolve
 from trainer.tools.sweep import agent_command, load_sweep
-from trainer.tracking import read_metrics, wandb_key
+from trainer.runfolder import read_metrics
+from trainer.tracking import wandb_key
 
 SWEEP = REPO / "configs" / "sweep.yaml"
 

@@ -21,7 +21,7 @@ from runs import (N_TEST, PYTHON, REPO, SMOKE, assert_same_metrics, copy_run, fi
 from trainer import main as trainer_main
 from trainer.config import TrainConfig, resolve
 from trainer.optim import make_optimizer
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 # ---------------------------------------------------------------- 1. it learns
 

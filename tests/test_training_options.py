@@ -17,7 +17,7 @@ from runs import PYTHON, REPO, assert_same_metrics, flags, sub_env, train_in_pro
 from trainer.tools import cli
 from trainer.dataset import split_validation
 from trainer.loop import train_one_epoch
-from trainer.tracking import read_metrics
+from trainer.runfolder import read_metrics
 
 QUICK = ("--train-subset", "96")
 

@@ -13,7 +13,8 @@ import pytest
 import wandb_records
 from runs import PYTHON, REPO, flags, sub_env, unfinished_copy, wandb_env
 from trainer.config import TrainConfig
-from trainer.tracking import RUN_ID_FILE, read_metrics
+from trainer.runfolder import read_metrics
+from trainer.tracking import RUN_ID_FILE
 
 # metrics.jsonl column -> its W&B name (trainer/tracking.py, wandb_key), written out here as the contract
 NAMESPACED = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss", "test_acc": "test/acc",

@@ -28,7 +28,6 @@ STATE_FILE = "state.json"
 MANIFEST = "manifest.json"  # {"sha256": {file name: hex digest}}, written last
 POINTER = "latest"
 KEEP = 2  # checkpoints kept: the newest, and the one a damaged newest falls back to
-WEIGHTS_DIR = "model"  # RUN/model/model.safetensors + meta.json: the weights a run ships
 
 
 class CheckpointError(ValueError):

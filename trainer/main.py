@@ -17,25 +17,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from timm.utils import ModelEmaV3
 
-import models
-from models.receptive_field import format_rf_table, receptive_field, rf_table
-from models.rules import check_model, format_rules, required_transitions, summary_text
-from trainer import checkpoint, tracking
-from trainer.augment import describe_pipeline
+from models.receptive_field import receptive_field, rf_table
+from trainer import checkpoint, runfolder, tracking
 from trainer.config import RunError, TrainConfig, resolve, resume_hint
 from trainer.dataset import DataError
-from trainer.loader import Inputs, build_inputs, resolve_workers
+from trainer.loader import Inputs, build_inputs
 from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
 from trainer.optim import compile_model, make_optimizer, make_scheduler
 from trainer.precision import accelerator_and_precision
-from trainer.startup import StartupClock, cpu_epoch_estimate, process_start, record_startup
-from trainer.text import counted
+from trainer.runstart import build_model, check_model_name, claim_run_dir, log_header, write_run_files
+from trainer.startup import StartupClock, process_start, record_startup
 from trainer.tools import report
 from trainer.whiten import whiten_first_conv
 
@@ -48,53 +44,6 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupt(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
-
-
-def check_model_name(name: str) -> None:
-    """Fail before any data work when timm does not know the net."""
-    if not timm.is_model(name):
-        raise RunError(f"--model {name}: not a registered net; the s7 nets are {', '.join(models.MODEL_NAMES)} "
-                       "(any timm model name also works, with --allow-rule-violations)")
-
-
-def run_name(cfg: TrainConfig) -> str:
-    return cfg.name or f"{cfg.model}-{cfg.recipe or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
-    """The run folder, named on the main process. A folder that exists is someone's run: refused unless
-    --resume names it, so a reused --name never appends to or deletes another run's files."""
-    decided = [run_name(cfg), None]
-    if accelerator.is_main_process and not cfg.resume:
-        path = Path(cfg.out) / decided[0]
-        if path.exists():
-            decided[1] = (f"{path} already exists; pick another --name, or continue that run with "
-                          f"--resume {path}")
-    broadcast_object_list(decided)  # every rank writes to, or refuses, the same folder
-    if decided[1]:
-        raise RunError(decided[1])
-    return Path(cfg.out) / decided[0]
-
-
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
-    """The net and its rule check; a net that breaks a rule is refused unless --allow-rule-violations."""
-    model = timm.create_model(cfg.model, num_classes=num_classes)
-    rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
-    failed = [r.name for r in rules if not r.passed]
-    if failed and not cfg.allow_rule_violations:
-        raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
-                       "train it anyway with --allow-rule-violations")
-    return model, rules
-
-
-def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, rf_rows: list,
-                    transform) -> None:
-    """config.yaml, rules, the torchinfo summary, the RF table and the augmentation pipeline, once per run."""
-    cfg.save(run_dir / "config.yaml")
-    (run_dir / "rules.md").write_text(report.rules_markdown(rules))
-    (run_dir / "summary.txt").write_text(summary_text(model) + "\n")
-    (run_dir / "receptive_field.md").write_text(format_rf_table(rf_rows) + "\n")
-    (run_dir / "augmentation.txt").write_text(describe_pipeline(transform) + "\n")
 
 
 def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None, wall: float) -> dict:
@@ -128,6 +77,7 @@ class Job:
     criterion: torch.nn.Module
     state: dict
     start_epoch: int
+    rows: list[dict]  # metrics.jsonl's rows so far (main process): the selection rule reads these, not the file
     started: float  # wall-clock origin of this process's share of `wall_seconds`
     startup: StartupClock | None = None  # until the first training step of this launch is timed
     precision_reason: str = ""  # why the run computes in cfg.mixed_precision (resolve_precision)
@@ -136,6 +86,24 @@ class Job:
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated, selected and shipped: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+
+def prepare(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, inp: Inputs) -> tuple:
+    """Model, optimizer, loaders and OneCycle through `accelerator.prepare`, and the EMA copy: returns the
+    prepared model, optimizer, scheduler, EMA (or None) and the peak lr; `inp`'s loaders are replaced."""
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    model, optimizer, inp.train_loader, inp.test_loader = accelerator.prepare(model, optimizer, inp.train_loader,
+                                                                              inp.test_loader)
+    if inp.val_loader is not None:
+        inp.val_loader = accelerator.prepare(inp.val_loader)
+    peak_lr = cfg.peak_lr(accelerator.num_processes)
+    scheduler = accelerator.prepare(make_scheduler(cfg, optimizer, len(inp.train_loader), len(inp.train_ds),
+                                                   peak_lr))
+    ema = (ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+           if cfg.ema_decay > 0 else None)
+    return model, optimizer, scheduler, ema, peak_lr
 
 
 def setup(cfg: TrainConfig) -> Job:
@@ -160,32 +128,21 @@ def setup(cfg: TrainConfig) -> Job:
     rf_rows = rf_table(model)  # once: the header's RF and receptive_field.md
     rf = rf_rows[-1].rf if rf_rows else receptive_field(model)
     clock.mark("model")
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, inp.train_loader,
-                                                                      inp.test_loader)
-    inp.train_loader, inp.test_loader = train_loader, test_loader
-    if inp.val_loader is not None:
-        inp.val_loader = accelerator.prepare(inp.val_loader)
-    peak_lr = cfg.peak_lr(accelerator.num_processes)
-    scheduler = accelerator.prepare(make_scheduler(cfg, optimizer, len(train_loader), len(inp.train_ds), peak_lr))
-    ema = (ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
-           if cfg.ema_decay > 0 else None)
+    model, optimizer, scheduler, ema, peak_lr = prepare(cfg, accelerator, model, inp)
     train_model = compile_model(model, cfg.compile)
     log = tracking.RunLog(run_dir, enabled=accelerator.is_main_process)  # the folder appears only now
     clock.mark("prepare")
 
-    state = {"model": cfg.model, "elapsed_before": 0.0}
+    state, rows = {"model": cfg.model, "elapsed_before": 0.0}, []
     if cfg.resume:
         ckpt, damaged = checkpoint.resume_checkpoint(run_dir)
         for line in damaged:
             log.line(f"warning: {line}")
         state = checkpoint.load_checkpoint(accelerator, ckpt, cfg.model, ema)
         if accelerator.is_main_process:
-            tracking.truncate_metrics(run_dir, state["epoch"])
+            rows = runfolder.truncate_metrics(run_dir, state["epoch"])
     elif accelerator.is_main_process:
-        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rules, rf_rows, inp.transform)
+        write_run_files(run_dir, cfg, accelerator.unwrap_model(model), rules, rf_rows, inp.transform, accelerator)
     state.update(peak_lr=peak_lr, global_batch_size=cfg.batch_size * accelerator.num_processes)
     rule_summary = {r.name: "PASS" if r.passed else "FAIL" for r in rules}
     tracking.init_wandb(accelerator, cfg, run_dir, run_dir.name,
@@ -197,39 +154,14 @@ def setup(cfg: TrainConfig) -> Job:
 
     job = Job(cfg, accelerator, run_dir, log, inp, model, train_model, optimizer, scheduler, ema,
               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), state,
-              start_epoch=state.get("epoch", 0) + 1, started=time.time() if cfg.resume else process_start(),
+              start_epoch=state.get("epoch", 0) + 1, rows=rows,
+              started=time.time() if cfg.resume else process_start(),
               startup=clock, precision_reason=precision_reason)
-    _log_header(job, n_params, rf, rules)
+    log_header(job, n_params, rf, rules)
     if not cfg.resume:
         checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", 0, state, ema)
     clock.mark("checkpoint")
     return job
-
-
-def _log_header(job: Job, n_params: int, rf: int, rules: list) -> None:
-    cfg, acc, inp, log = job.cfg, job.accelerator, job.inp, job.log
-    cuda = acc.device.type == "cuda"
-    failed = [r.name for r in rules if not r.passed]
-    log.line(f"s7 train: {cfg.model} ({n_params:,} parameters, RF {rf}) recipe {cfg.recipe or 'custom'}")
-    log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
-    log.line(f"rules: {'ALL PASS' if not failed else 'FAIL: ' + ', '.join(failed) + ' (--allow-rule-violations)'}")
-    log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
-             f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
-    log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
-             f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
-             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process")
-    log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
-             f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
-             + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))
-    n_val = len(inp.val_loader.dataset) if inp.val_loader is not None else 0
-    log.line(f"data: {inp.data.source}: {len(inp.train_ds):,} train / {n_val:,} validation / "
-             f"{len(inp.test_x):,} test images, {len(inp.data.classes)} classes")
-    log.line(f"run folder: {job.run_dir}  (W&B: {cfg.wandb_mode}); shipped weights: "
-             f"{'best validation epoch' if n_val else 'final epoch'}")
-    if not cuda and acc.is_main_process:
-        cpu_epoch_estimate(job)
-    if cfg.resume:
-        log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
 
 
 def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
@@ -256,13 +188,14 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     wall = job.state["elapsed_before"] + time.time() - job.started
     row = epoch_row(epoch, tr, te, va, wall)
     job.log.metrics(row)
+    job.rows.append(row)
     acc.log(tracking.epoch_values(row))  # namespaced, against `epoch` (tracking.init_wandb)
     val_txt = f"val acc {va.accuracy:6.2f}% | " if va else ""
     job.log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | {val_txt}"
                  f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%) | "
                  f"lr {tr.lr:.4f} | {row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | "
                  f"wall {wall:.1f}s")
-    if acc.is_main_process and report.selected_row(tracking.read_metrics(job.run_dir))["epoch"] == epoch:
+    if acc.is_main_process and runfolder.selected_row(job.rows)["epoch"] == epoch:
         ship(job, epoch, te)
     checkpoint.save_checkpoint(acc, job.run_dir / "checkpoints", epoch, {**job.state, "elapsed_before": wall},
                                job.ema)
@@ -272,14 +205,13 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
 def ship(job: Job, epoch: int, te: EvalResult) -> None:
     """The selected epoch's weights to RUN/model/ and its test predictions to predictions.npz."""
     cfg, inp = job.cfg, job.inp
-    checkpoint.save_weights(job.eval_model, job.run_dir / checkpoint.WEIGHTS_DIR, {
-        "model": cfg.model, "epoch": epoch,
-        "selected_by": "best val_acc" if inp.val_loader is not None else "final epoch",
+    checkpoint.save_weights(job.eval_model, job.run_dir / runfolder.WEIGHTS_DIR, {
+        "model": cfg.model, "epoch": epoch, "selected_by": runfolder.selection_rule(job.rows[-1]),
         "test_acc": te.accuracy, "test_acc_tta": te.accuracy_tta, "ema": cfg.ema_decay > 0,
         "classes": inp.data.classes, "mean": list(map(float, inp.mean)), "std": list(map(float, inp.std)),
         "data": inp.data.source})
-    report.save_predictions(job.run_dir, te.predictions.numpy(), te.labels.numpy(), te.probabilities.numpy(),
-                            inp.test_x, inp.data.classes, cfg.log_misclassified)
+    runfolder.save_predictions(job.run_dir, te.predictions.numpy(), te.labels.numpy(), te.probabilities.numpy(),
+                               inp.test_x, inp.data.classes, cfg.log_misclassified)
 
 
 def finish(job: Job) -> None:

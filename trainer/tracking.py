@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from trainer import runfolder
+
 
 def resolve_wandb_mode(mode: str) -> str:
     """auto -> online with a configured API key, else offline; other modes (checked by the config) as given.
@@ -48,38 +50,12 @@ class RunLog:
         if not self.enabled:
             return
         print(text, flush=True)
-        with open(self.run_dir / "train.log", "a") as f:
+        with open(self.run_dir / runfolder.TRAIN_LOG, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def metrics(self, row: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl; the last row for an epoch wins (a resumed run may repeat one). A line that is not
-    a JSON row with an "epoch" is a ValueError naming the file and the line."""
-    rows: dict[int, dict[str, Any]] = {}
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.is_file():
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-                raise ValueError(f"{path}: line {number} is not a row of an epoch (no whole-number \"epoch\")")
-            rows[row["epoch"]] = row
-    return [rows[k] for k in sorted(rows)]
-
-
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop rows after `last_epoch` (an interrupted epoch's row, if any) before resuming."""
-    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
-    (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            runfolder.append_row(self.run_dir, row)
 
 
 # Optimizer steps between two per-step W&B rows (step/lr, step/loss): a hundred or more points over a run draw
@@ -262,15 +238,10 @@ def save_run_files(run, run_dir: Path, names: list[str]) -> None:
 
 def per_class_table(run_dir: Path) -> list[list] | None:
     """[class, test images, correct, accuracy %] of the shipped epoch's predictions.npz (as per_class.md)."""
-    path = Path(run_dir) / "predictions.npz"
-    if not path.is_file():
+    p = runfolder.read_predictions(run_dir)
+    if p is None:
         return None
-    import numpy as np
-
-    from trainer.tools.report import per_class_rows  # here: report imports this module
-
-    p = np.load(path)
-    return per_class_rows(p["preds"], p["labels"], [str(c) for c in p["classes"]])
+    return runfolder.per_class_rows(p["preds"], p["labels"], [str(c) for c in p["classes"]])
 
 
 def log_model_artifact(run, cfg, run_dir: Path) -> None:
@@ -279,9 +250,7 @@ def log_model_artifact(run, cfg, run_dir: Path) -> None:
     split picked them, so nothing is "best"); meta.json's `selected_by` says which, and is the metadata."""
     import wandb
 
-    from trainer.checkpoint import WEIGHTS_DIR
-
-    folder = run_dir / WEIGHTS_DIR
+    folder = run_dir / runfolder.WEIGHTS_DIR
     if not (folder / "model.safetensors").is_file():
         return
     meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}

@@ -6,12 +6,9 @@ import argparse
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
-
-import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -110,6 +107,14 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.subcommands = sub.choices
 
+    _model_and_data_commands(sub)
+    _weights_commands(sub)
+    _run_folder_commands(sub)
+    return p
+
+
+def _model_and_data_commands(sub) -> None:
+    """check, summary, stats, show-augment."""
     c = sub.add_parser("check", help="check a model against the assignment's rules; exit 0 only if all pass")
     c.add_argument("model", help="registered name (s7, s7_strided, s7_dilated) or module:Class, an nn.Module "
                                  "class built with no arguments")
@@ -131,6 +136,10 @@ def build_parser() -> Parser:
     sa.add_argument("--seed", type=non_negative_int, default=0,
                     help="seed of the images picked and of the draws (default: %(default)s)")
 
+
+
+def _weights_commands(sub) -> None:
+    """The commands that read a net's weights: evaluate, predict, explain, export, robustness."""
     ev = sub.add_parser("evaluate", help="test and per-class accuracy of a run folder or checkpoint")
     _add_weights_args(ev)
     _add_data_args(ev)
@@ -140,9 +149,6 @@ def build_parser() -> Parser:
     pr = sub.add_parser("predict", help="class and probability for image files (any size, resized to 32x32 RGB)")
     _add_weights_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
-
-    rp = sub.add_parser("report", help="rebuild plots and report.md of a run folder from its files alone")
-    rp.add_argument("run_dir", help="run folder (with metrics.jsonl); report.md and the plots are rewritten in it")
 
     ex = sub.add_parser("explain", help="PNG: images with the class activation maps of their top classes",
                         description="Per image: the image, its true class when known, and the class activation "
@@ -186,9 +192,16 @@ def build_parser() -> Parser:
                          "(default: %(default)s)")
     rb.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise draws (default: %(default)s)")
 
+
+
+def _run_folder_commands(sub) -> None:
+    """The commands that read or make run folders: report, compare, sweep."""
+    rp = sub.add_parser("report", help="rebuild plots and report.md of a run folder from its files alone")
+    rp.add_argument("run_dir", help="run folder (with metrics.jsonl); report.md and the plots are rewritten in it")
+
     cp = sub.add_parser("compare", help="table and overlaid test curves of run folders, offline",
-                        description="From the run folders alone (metrics.jsonl, config.yaml, rules.md, summary.txt, "
-                                    "receptive_field.md, train.log, run_info.json), no W&B server: model, recipe, "
+                        description="From the run folders alone (metrics.jsonl, config.yaml, facts.json, run_info.json), "
+                                    "no W&B server: model, recipe, "
                                     "params, RF, epochs, final and best test accuracy without and with flip TTA "
                                     "(best = the epoch with the highest test accuracy, picked on the test split: "
                                     "for reference only), epoch and seconds to the run's target accuracy, img/s, "
@@ -215,7 +228,6 @@ def build_parser() -> Parser:
                     help="folder of the trial run folders (default: runs/sweep-<file>-<time>)")
     sw.add_argument("--seed", type=non_negative_int, default=0,
                     help="seed of the parameter draws (default: %(default)s)")
-    return p
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -228,75 +240,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _fmt(v: np.ndarray, digits: int) -> str:
-    return "(" + ", ".join(f"{c:.{digits}f}" for c in v) + ")"
-
-
-def _counts(y: np.ndarray, n_classes: int) -> str:
-    c = np.bincount(y, minlength=n_classes)
-    return f"{c[0]:,} per class" if c.min() == c.max() else f"{c.min():,}-{c.max():,} per class"
-
-
-def stats_command(data: str | None, data_dir: str) -> int:
-    """`s7 stats`: print the source, image counts, classes and per-channel mean/std of the training split."""
-    from trainer.dataset import channel_stats, load_data
-
-    start = time.perf_counter()
-    d = load_data(data, data_dir)
-    seconds = time.perf_counter() - start
-    mean, std = channel_stats(d.train_x)
-    k = len(d.classes)
-    print(f"source:   {d.source}")
-    print(f"train:    {len(d.train_x):,} images ({_counts(d.train_y, k)})")
-    print(f"test:     {len(d.test_x):,} images ({_counts(d.test_y, k)})")
-    print(f"classes:  {k} ({', '.join(d.classes)})")
-    print(f"mean:     {_fmt(mean, 2)} pixels = {_fmt(mean / 255, 4)} on 0-1 scale (train split)")
-    print(f"std:      {_fmt(std, 2)} pixels = {_fmt(std / 255, 4)} on 0-1 scale (train split)")
-    if data is None:
-        how = "torchvision's CIFAR-10 files"
-    else:
-        how = f"{'from the decoded cache' if d.from_cache else 'decoded, cache written'} in {os.path.abspath(data_dir)}"
-    print(f"loaded in {seconds:.1f} s ({how})")
-    return 0
-
-
-def show_augment_command(data: str | None, data_dir: str, out: str, n: int, draws: int, seed: int) -> int:
-    """`s7 show-augment`: PNG grid with n training images per row, the original and `draws` augmented copies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trainer.augment import build_train_transform, reseed
-    from trainer.dataset import channel_stats, load_data
-
-    d = load_data(data, data_dir)
-    mean, _ = channel_stats(d.train_x)
-    transform = build_train_transform(mean)
-    reseed(transform, seed)
-    picks = np.random.default_rng(seed).choice(len(d.train_x), size=min(n, len(d.train_x)), replace=False)
-    fig, axes = plt.subplots(len(picks), draws + 1, figsize=(1.3 * (draws + 1), 1.4 * len(picks) + 0.8),
-                             squeeze=False)
-    for row, idx in enumerate(picks):
-        image = d.train_x[idx]
-        panels = [image] + [transform(image=image)["image"] for _ in range(draws)]
-        for col, panel in enumerate(panels):
-            ax = axes[row][col]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title("original" if col == 0 else f"draw {col}", fontsize=8)
-        axes[row][0].set_ylabel(f"{d.classes[d.train_y[idx]]}\n#{idx}", fontsize=7)
-    fig.suptitle("Training augmentation: flip, shift-scale-rotate, 16x16 mean-colour hole, gray", fontsize=9)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(out)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """`s7 COMMAND ...`: the exit status; a bad command line or input is one `error:` line on stderr and 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -306,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if args.command == "check":
-            from models.rules import check_command
+            from trainer.tools.check import check_command
             return check_command(args.model)
         if args.command == "summary":
-            from models.rules import summary_command
+            from trainer.tools.check import summary_command
             return summary_command(args.model)
         if args.command == "stats":
+            from trainer.tools.data import stats_command
             return stats_command(args.data, args.data_dir)
         if args.command == "show-augment":
+            from trainer.tools.data import show_augment_command
             return show_augment_command(args.data, args.data_dir, args.out, args.n, args.draws, args.seed)
         if args.command == "evaluate":
             from trainer.tools.evaluate import evaluate_command

@@ -8,11 +8,12 @@ throughput, the device, and one figure with every run's test curves overlaid.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from trainer.tools.report import _series, pct_cell, reached_cell, rules_label, run_results, target_label
+from trainer.tools.plots import series
+from trainer.tools.report import pct_cell, reached_cell, rules_label, target_label
+from trainer.tools.results import run_results
 
 BEST_LABEL = "best (picked on test, for reference only)"
 LEGEND = ("final = the last epoch's test accuracy (the headline); best = the highest test accuracy of any epoch, "
@@ -50,27 +51,17 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-DEVICES_LINE = re.compile(r"devices: (\d+) x (.+?), DistributedType\.(\w+), precision (\w+)")
-
-
-def run_device(run_dir: Path) -> str:
-    """Where the run trained: run_info.json's "where" (written for committed runs), else the last "devices:"
-    line of train.log (a resumed run logs one per launch), else the process count in the last checkpoint's
-    state.json; "?" when none says."""
-    run_dir = Path(run_dir)
-    info = run_dir / "run_info.json"
+def run_device(run_dir: Path, facts: dict[str, Any]) -> str:
+    """Where the run trained: run_info.json's "where" (written for committed runs, with what shared the
+    machine), else facts.json's device, precision and process count; "?" when neither says."""
+    info = Path(run_dir) / "run_info.json"
     where = json.loads(info.read_text()).get("where") if info.is_file() else None
     if where:
         return where
-    log = run_dir / "train.log"
-    found = DEVICES_LINE.findall(log.read_text()) if log.is_file() else []
-    if found:
-        n, device, _, precision = found[-1]
-        return f"{n} x {device}, {'fp32' if precision == 'no' else precision}"
-    latest = run_dir / "checkpoints" / "latest"
-    state = latest.parent / latest.read_text().strip() / "state.json" if latest.is_file() else None
-    processes = json.loads(state.read_text()).get("num_processes") if state and state.is_file() else None
-    return f"{processes} process(es)" if processes else "?"
+    if not facts.get("device"):
+        return "?"
+    precision = {"no": "fp32", None: "precision ?"}.get(facts.get("precision"), facts.get("precision"))
+    return f"{facts.get('processes') or '?'} x {facts['device']}, {precision}"
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:
@@ -81,7 +72,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     rows = res["rows"]
     return {**res, "path": run_dir, "best_test_acc": _best(rows, "test_acc"),
             "best_test_acc_tta": _best(rows, "test_acc_tta"), "images_per_second": _mean(rows, "images_per_second"),
-            "device": run_device(run_dir)}
+            "device": run_device(run_dir, res["facts"])}
 
 
 def short_labels(paths: list[Path]) -> list[str]:
@@ -141,7 +132,7 @@ def curves_figure(runs: list[dict[str, Any]], labels: list[str] | None = None):
         colour = colours[i % len(colours)]
         for ax, keys in ((acc_ax, ("test_acc", "test_acc_tta")), (loss_ax, ("test_loss", "test_loss_tta"))):
             for key, style in zip(keys, ("-", "--")):
-                values = _series(r["rows"], key)
+                values = series(r["rows"], key)
                 if values is not None:
                     ax.plot(epochs, values, style, color=colour, marker="o", markersize=2,
                             label=f"{label}{', flip TTA' if key.endswith('_tta') else ''}")

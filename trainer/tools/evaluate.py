@@ -9,21 +9,31 @@ import torch
 import yaml
 
 import models  # noqa: F401  (registers the s7 nets)
-from trainer.checkpoint import STATE_FILE, WEIGHTS_DIR, CheckpointError, load_weights
+from models.nets import CIFAR10_MEAN, CIFAR10_STD
+from trainer.checkpoint import STATE_FILE, CheckpointError, load_weights
 from trainer.dataset import load_data
 from trainer.loop import normalize
-from trainer.tools.report import model_meta, per_class_markdown
+from trainer.runfolder import LEGACY_WEIGHTS_DIR, WEIGHTS_DIR, confusion_matrix, model_meta, per_class_rows
 from trainer.tracking import weights_path
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR10_MEAN = [125.307, 122.950, 113.865]  # original CIFAR-10 training split, pixel units
-CIFAR10_STD = [62.993, 62.089, 66.705]
+
+
+def per_class_markdown(preds: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
+    """The per-class accuracy table and the confusion matrix (`s7 evaluate`, per_class.md)."""
+    m = confusion_matrix(preds, labels, len(classes))
+    lines = ["| class | test images | correct | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {c} | {total} | {right} | {acc:.2f}% |" for c, total, right, acc in per_class_rows(preds, labels, classes)]
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+              "| | " + " | ".join(c[:5] for c in classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    lines += [f"| {c} | " + " | ".join(str(int(v)) for v in m[i]) + " |" for i, c in enumerate(classes)]
+    return "\n".join(lines)
 
 
 def _weights_file(path: Path) -> Path:
     """A run folder (its model/, or best/ in runs made before model selection moved off the test split), a
     weights folder, or a .safetensors file."""
-    for candidate in (path, path / WEIGHTS_DIR / "model.safetensors", path / "best" / "model.safetensors",
+    for candidate in (path, path / WEIGHTS_DIR / "model.safetensors", path / LEGACY_WEIGHTS_DIR / "model.safetensors",
                       path / "model.safetensors"):
         if candidate.is_file():
             return candidate
@@ -83,7 +93,8 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit model {name!r} ({str(e).splitlines()[0]})") from None
     model = model.to(memory_format=torch.channels_last)  # CPU inference runs about 1.6x faster in NHWC
-    return model.eval(), {"mean": CIFAR10_MEAN, "std": CIFAR10_STD, **meta, "model": name, "classes": classes}
+    cifar10 = {"mean": [255 * m for m in CIFAR10_MEAN], "std": [255 * s for s in CIFAR10_STD]}  # pixel units
+    return model.eval(), {**cifar10, **meta, "model": name, "classes": classes}
 
 
 def normalized_batches(images: np.ndarray, mean, std, batch_size: int = 500):

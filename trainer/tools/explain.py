@@ -1,7 +1,7 @@
 """Class activation maps (`s7 explain`, and the run report's grid of the most confident mistakes).
 
-The s7 nets map channels to classes with a 1x1 conv *before* global average pooling (models/blocks.py
-OutputHead), so the map entering GAP is each class's evidence place by place and its mean is the logit:
+The s7 nets map channels to classes with a 1x1 conv *before* global average pooling (their classifier,
+`get_classifier()`), so the map entering GAP is each class's evidence place by place and its mean is the logit:
 the class activation map costs one forward pass and no extra library (grad-cam and the like compute
 gradients to weight a feature map; here the weighting is already done by the head). Maps are upsampled
 bilinearly to 32x32. Their cells tile the image in s7 and s7_strided (stride 4 and 8); in s7_dilated
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.blocks import OutputHead
 from trainer.tools.evaluate import load_classifier, normalized_batches, read_image
 
 MAP_SIZE = 32
@@ -26,16 +25,18 @@ MISTAKE_MAPS_NPZ, MISTAKE_MAPS_PNG = "mistake_maps.npz", "mistake_maps.png"
 
 
 class NoClassMapError(ValueError):
-    """The net has no class map before GAP (no OutputHead), so it has no class activation map."""
+    """The net's classifier is no 1x1 conv before GAP, so it has no class activation map."""
 
 
 def class_map_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """The 1x1 conv of the net's OutputHead, whose output is the class map GAP averages."""
-    heads = [m for m in model.modules() if isinstance(m, OutputHead)]
-    if len(heads) != 1:
-        raise NoClassMapError(f"{type(model).__name__} has {len(heads)} OutputHead modules (a 1x1 conv to the "
-                              "classes before GAP); class activation maps need exactly one")
-    return heads[0].classifier
+    """The net's classifier (timm's `get_classifier`) when it is a 1x1 conv before GAP: its output is the class
+    map GAP averages."""
+    get = getattr(model, "get_classifier", None)
+    layer = get() if callable(get) else None
+    if not (isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (1, 1)):
+        raise NoClassMapError(f"{type(model).__name__}'s classifier is {type(layer).__name__}, not a 1x1 conv to the "
+                              "classes before GAP: class activation maps need one")
+    return layer
 
 
 @torch.no_grad()

@@ -1,0 +1,177 @@
+"""The run folder's format, the bottom layer: file names, metrics rows, the selection rule ("which epoch ships"),
+the shipped epoch's predictions and the model facts (facts.json: parameters, receptive field, rule results,
+device, precision) stored as numbers. Training writes these; every tool reads them; this module imports
+nothing of either, so both can use it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+FACTS = "facts.json"
+PREDICTIONS = "predictions.npz"
+TRAIN_LOG = "train.log"
+STARTUP = "startup.json"
+RULES_MD = "rules.md"
+SUMMARY = "summary.txt"
+RF_MD = "receptive_field.md"
+AUGMENTATION = "augmentation.txt"
+REPORT_MD = "report.md"
+PER_CLASS_MD = "per_class.md"
+WEIGHTS_DIR = "model"  # the shipped weights: model.safetensors + meta.json
+LEGACY_WEIGHTS_DIR = "best"  # runs before issue 8
+CHECKPOINTS_DIR = "checkpoints"
+
+LEGACY_SELECTION = "best test_acc (old trainer: picked on the test split)"
+
+
+# ---------------------------------------------------------------- metrics rows
+
+def append_row(run_dir: Path, row: dict[str, Any]) -> None:
+    """One epoch's row at the end of metrics.jsonl."""
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl; the last row for an epoch wins (a resumed run may repeat one). A line that is not
+    a JSON row with an "epoch" is a ValueError naming the file and the line."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = Path(run_dir) / METRICS
+    if path.is_file():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError(f"{path}: line {number} is not a row of an epoch (no whole-number \"epoch\")")
+            rows[row["epoch"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def truncate_metrics(run_dir: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Drop rows after `last_epoch` (an interrupted epoch's row, if any) before resuming; return the rows kept."""
+    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
+    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def upgrade_legacy_rows(rows: list[dict], config: dict[str, Any]) -> list[dict]:
+    """Rows logged before issue 8 in the current form. Those runs measured one test figure; with
+    `tta_flip: true` it was the flip-TTA one, so it moves to test_acc_tta / test_loss_tta and the plain
+    figures become None (not measured). Current rows (they have test_acc_tta) pass unchanged."""
+    tta = bool(config.get("tta_flip"))
+    out = []
+    for row in rows:
+        row = dict(row)
+        if "test_acc_tta" not in row:
+            if tta:
+                row["test_acc_tta"], row["test_loss_tta"] = row.get("test_acc"), row.get("test_loss")
+                row["test_acc"] = row["test_loss"] = None
+            else:
+                row["test_acc_tta"] = row["test_loss_tta"] = None
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------- the selection rule
+
+def selected_row(rows: list[dict]) -> dict:
+    """The epoch whose weights a run ships: the highest val_acc (the earliest on a tie) when the run holds out a
+    validation split, else the final epoch. Test accuracy is never looked at."""
+    if not rows:
+        raise ValueError("no epochs to select from")
+    with_val = [r for r in rows if r.get("val_acc") is not None]
+    return max(with_val, key=lambda r: r["val_acc"]) if with_val else rows[-1]  # max keeps the first maximum
+
+
+def selection_rule(row: dict) -> str:
+    """How `selected_row` picked `row`, in the words model/meta.json uses ("selected_by")."""
+    return "best val_acc" if row.get("val_acc") is not None else "final epoch"
+
+
+def first_row_reaching(rows: list[dict], target: float, key: str = "test_acc_tta") -> dict | None:
+    """The first epoch whose `key` is at least `target` (rows where it was not measured never count)."""
+    return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)
+
+
+def model_meta(run_dir: Path) -> dict[str, Any]:
+    """The shipped weights' meta.json: model/ (current runs) or best/ (runs before issue 8); {} if neither."""
+    for sub in (WEIGHTS_DIR, LEGACY_WEIGHTS_DIR):
+        path = Path(run_dir) / sub / "meta.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
+# ---------------------------------------------------------------- facts as numbers
+
+def write_facts(run_dir: Path, facts: dict[str, Any]) -> None:
+    """facts.json: what the run measured of its net and machine, as numbers and names (see `facts`)."""
+    tmp = Path(run_dir) / (FACTS + ".tmp")
+    tmp.write_text(json.dumps(facts, indent=1) + "\n")
+    tmp.replace(Path(run_dir) / FACTS)
+
+
+def facts(model: str, parameters: int, receptive_field: int, rules: list[dict[str, Any]], device: str | None,
+          precision: str | None, processes: int | None) -> dict[str, Any]:
+    """The facts.json record. `rules`: one {"name", "required", "actual", "passed"} per rule checked."""
+    return {"model": model, "parameters": int(parameters), "receptive_field": int(receptive_field),
+            "rules": rules, "rules_failed": [r["name"] for r in rules if not r["passed"]],
+            "device": device, "precision": precision, "processes": processes}
+
+
+def read_facts(run_dir: Path) -> dict[str, Any]:
+    """facts.json, or {} for a folder without one (a run that ended before its first epoch)."""
+    path = Path(run_dir) / FACTS
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+
+
+# ---------------------------------------------------------------- predictions and per-class accuracy
+
+def save_predictions(run_dir: Path, preds: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                     images: np.ndarray, classes: list[str], n_wrong: int) -> None:
+    """The shipped epoch's test predictions, plus `n_wrong` misclassified images' pixels: the most confident
+    mistakes of each true class in turn, so every class shows up (the test split is sorted by class)."""
+    wrong = np.flatnonzero(preds != labels)
+    per_class = [wrong[labels[wrong] == c][np.argsort(-probs[wrong[labels[wrong] == c]], kind="stable")]
+                 for c in range(len(classes))]
+    rounds = max((len(w) for w in per_class), default=0)
+    wrong = np.array([w[i] for i in range(rounds) for w in per_class if i < len(w)], dtype=np.int64)[:n_wrong]
+    tmp = Path(run_dir) / "predictions.tmp.npz"
+    np.savez_compressed(tmp, preds=preds, labels=labels, probs=probs, wrong_index=wrong,
+                        wrong_images=images[wrong], classes=np.array(classes))
+    tmp.replace(Path(run_dir) / PREDICTIONS)
+
+
+def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """predictions.npz as arrays, or None when the run has none."""
+    path = Path(run_dir) / PREDICTIONS
+    return dict(np.load(path)) if path.is_file() else None
+
+
+def confusion_matrix(preds: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """rows = true class, columns = predicted class."""
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (labels, preds), 1)
+    return m
+
+
+def per_class_rows(preds: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[list]:
+    """[class, test images, correct, accuracy %] per class (per_class.md, `s7 evaluate`, the W&B table)."""
+    m = confusion_matrix(preds, labels, len(classes))
+    return [[c, int(m[i].sum()), int(m[i, i]), 100.0 * m[i, i] / max(int(m[i].sum()), 1)]
+            for i, c in enumerate(classes)]

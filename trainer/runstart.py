@@ -1,0 +1,109 @@
+"""A run's start, before its first epoch: the net built and rule-checked, the run folder claimed, the files
+written once (config.yaml, facts.json and, for people, rules.md, summary.txt, receptive_field.md,
+augmentation.txt) and the header lines of train.log."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+import models
+from models.receptive_field import format_rf_table, receptive_field
+from models.rules import check_model, format_rules, required_transitions, summary_text
+from trainer import runfolder
+from trainer.augment import describe_pipeline
+from trainer.config import RunError, TrainConfig
+from trainer.loader import resolve_workers
+from trainer.startup import cpu_epoch_estimate
+from trainer.text import counted
+
+
+def check_model_name(name: str) -> None:
+    """Fail before any data work when timm does not know the net."""
+    if not timm.is_model(name):
+        raise RunError(f"--model {name}: not a registered net; the s7 nets are {', '.join(models.MODEL_NAMES)} "
+                       "(any timm model name also works, with --allow-rule-violations)")
+
+
+def run_name(cfg: TrainConfig) -> str:
+    return cfg.name or f"{cfg.model}-{cfg.recipe or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
+    """The run folder, named on the main process. A folder that exists is someone's run: refused unless
+    --resume names it, so a reused --name never appends to or deletes another run's files."""
+    decided = [run_name(cfg), None]
+    if accelerator.is_main_process and not cfg.resume:
+        path = Path(cfg.out) / decided[0]
+        if path.exists():
+            decided[1] = (f"{path} already exists; pick another --name, or continue that run with "
+                          f"--resume {path}")
+    broadcast_object_list(decided)  # every rank writes to, or refuses, the same folder
+    if decided[1]:
+        raise RunError(decided[1])
+    return Path(cfg.out) / decided[0]
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
+    """The net and its rule check; a net that breaks a rule is refused unless --allow-rule-violations."""
+    model = timm.create_model(cfg.model, num_classes=num_classes)
+    rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
+    failed = [r.name for r in rules if not r.passed]
+    if failed and not cfg.allow_rule_violations:
+        raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
+                       "train it anyway with --allow-rule-violations")
+    return model, rules
+
+
+def rules_verdict(rules: list) -> str:
+    """"ALL PASS" or "FAIL: a, b": the last line of rules.md and the header's."""
+    failed = [r.name for r in rules if not r.passed]
+    return "ALL PASS" if not failed else "FAIL: " + ", ".join(failed)
+
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, rf_rows: list,
+                    transform, accelerator: Accelerator) -> None:
+    """config.yaml, facts.json (the numbers tools read), and for people the rules, the torchinfo summary, the RF
+    table and the augmentation pipeline: once per run."""
+    cfg.save(run_dir / runfolder.CONFIG)
+    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "CPU"
+    runfolder.write_facts(run_dir, runfolder.facts(
+        cfg.model, sum(p.numel() for p in model.parameters()), rf_rows[-1].rf if rf_rows else receptive_field(model),
+        [dataclasses.asdict(r) for r in rules], device, str(accelerator.mixed_precision), accelerator.num_processes))
+    (run_dir / runfolder.RULES_MD).write_text(f"{format_rules(rules)}\n\n{rules_verdict(rules)}\n")
+    (run_dir / runfolder.SUMMARY).write_text(summary_text(model) + "\n")
+    (run_dir / runfolder.RF_MD).write_text(format_rf_table(rf_rows) + "\n")
+    (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + "\n")
+
+
+def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
+    """The run's first lines: net, rules, devices and precision, speed options, lr, data, run folder."""
+    cfg, acc, inp, log = job.cfg, job.accelerator, job.inp, job.log
+    cuda = acc.device.type == "cuda"
+    failed = [r.name for r in rules if not r.passed]
+    log.line(f"s7 train: {cfg.model} ({n_params:,} parameters, RF {rf}) recipe {cfg.recipe or 'custom'}")
+    log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
+    log.line(f"rules: {rules_verdict(rules)}{' (--allow-rule-violations)' if failed else ''}")
+    log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
+             f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
+    log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
+             f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
+             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process")
+    log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
+             f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
+             + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))
+    n_val = len(inp.val_loader.dataset) if inp.val_loader is not None else 0
+    log.line(f"data: {inp.data.source}: {len(inp.train_ds):,} train / {n_val:,} validation / "
+             f"{len(inp.test_x):,} test images, {len(inp.data.classes)} classes")
+    log.line(f"run folder: {job.run_dir}  (W&B: {cfg.wandb_mode}); shipped weights: "
+             f"{'best validation epoch' if n_val else 'final epoch'}")
+    if not cuda and acc.is_main_process:
+        cpu_epoch_estimate(job)
+    if cfg.resume:
+        log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")

@@ -1,0 +1,77 @@
+"""A run's figures, read from its run folder's files (metrics.jsonl, config.yaml, model/meta.json, facts.json):
+the one reading that `s7 report`, `s7 compare`, the benchmarks and the README builder share."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.runfolder import (CONFIG, LEGACY_SELECTION, RULES_MD, first_row_reaching, model_meta, read_facts,
+                               read_metrics, selected_row, selection_rule, upgrade_legacy_rows)
+
+
+def results_achieved(rows: list[dict], *, target_acc: float = 87.0, parameters: int | None = None,
+                     receptive_field: int | None = None, rules_failed: list[str] | None = None,
+                     selected: dict | None = None, selected_by: str | None = None) -> dict[str, Any]:
+    """A run's figures from its metrics rows (current form: see `upgrade_legacy_rows`). The headline is the
+    final epoch; `selected` (default `selected_row(rows)`) is the shipped epoch. None = not measured."""
+    final = rows[-1]
+    selected = selected or selected_row(rows)
+    hit, hit_tta = first_row_reaching(rows, target_acc, "test_acc"), first_row_reaching(rows, target_acc)
+    return {
+        "epochs": final["epoch"],
+        "final_test_acc": final.get("test_acc"),
+        "final_test_acc_tta": final.get("test_acc_tta"),
+        "final_val_acc": final.get("val_acc"),
+        "final_val_acc_tta": final.get("val_acc_tta"),
+        "final_train_acc": final["train_acc"],  # running accuracy on augmented batches
+        "selected_epoch": selected["epoch"],
+        "selected_by": selected_by or selection_rule(selected),
+        "selected_test_acc": selected.get("test_acc"),
+        "selected_test_acc_tta": selected.get("test_acc_tta"),
+        "selected_val_acc": selected.get("val_acc"),
+        "selected_val_acc_tta": selected.get("val_acc_tta"),
+        "target_acc": target_acc,
+        "epoch_to_target": hit["epoch"] if hit else None,
+        "seconds_to_target": hit["wall_seconds"] if hit else None,
+        "epoch_to_target_tta": hit_tta["epoch"] if hit_tta else None,
+        "seconds_to_target_tta": hit_tta["wall_seconds"] if hit_tta else None,
+        "parameters": parameters,
+        "receptive_field": receptive_field,
+        "rules_failed": rules_failed,
+    }
+
+
+def _shipped(rows: list[dict], meta: dict[str, Any]) -> tuple[dict, str]:
+    """The shipped epoch's row and how it was picked. The old trainer's best/ (a meta.json without
+    "selected_by") holds the best *test* epoch: say so rather than pretend the selection rule chose it."""
+    if meta and "selected_by" not in meta:
+        row = next((r for r in rows if r["epoch"] == meta["epoch"]), None)
+        if row is None:
+            raise ValueError(f"best/meta.json names epoch {meta['epoch']}, which metrics.jsonl lacks")
+        return row, LEGACY_SELECTION
+    row = selected_row(rows)
+    if meta and meta["epoch"] != row["epoch"]:
+        raise ValueError(f"model/meta.json ships epoch {meta['epoch']}, the selection rule "
+                         f"({selection_rule(row)}) gives epoch {row['epoch']}")
+    return row, selection_rule(row)
+
+
+def run_results(run_dir: Path) -> dict[str, Any]:
+    """A run folder's figures (`results_achieved`) plus "rows" (legacy rows upgraded), "config", "meta"
+    (of the shipped weights), "facts" and "rules_md", from metrics.jsonl, config.yaml, model/meta.json,
+    facts.json (parameters, RF of the map entering GAP, the rules failed) and rules.md (shown, never read)."""
+    run_dir = Path(run_dir)
+    cfg = (yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None) or {}
+    rows = upgrade_legacy_rows(read_metrics(run_dir), cfg)
+    if not rows:
+        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl rows to report")
+    facts = read_facts(run_dir)
+    meta = model_meta(run_dir)
+    selected, selected_by = _shipped(rows, meta)
+    res = results_achieved(rows, target_acc=cfg.get("target_acc", 87.0), parameters=facts.get("parameters"),
+                           receptive_field=facts.get("receptive_field"), rules_failed=facts.get("rules_failed"),
+                           selected=selected, selected_by=selected_by)
+    rules_md = (run_dir / RULES_MD).read_text().rstrip() if (run_dir / RULES_MD).is_file() else None
+    return {**res, "rows": rows, "config": cfg, "meta": meta, "facts": facts, "rules_md": rules_md}
