@@ -63,6 +63,11 @@ def device_env(device: str) -> dict[str, str]:
     return env
 
 
+# Trainer flags that run_training sets from the harness's own arguments and the harness relies on afterwards
+# (where the run is, which net, which target); given after '--' they would win in the trainer alone.
+HARNESS_FLAGS = frozenset({"--model", "--out", "--name", "--target-acc"})
+
+
 def run_training(args: argparse.Namespace, extra: list[str]) -> tuple[Path, float, int]:
     name = args.name or f"{args.model}-{Path(args.config).stem if args.config else args.model}-tta"
     cmd = [sys.executable, str(ROOT / "trainer/main.py"), "--model", args.model, "--wandb-mode", "disabled",
@@ -277,6 +282,10 @@ def main() -> int:
     p.add_argument("--out-jsonl", default=None, help="append the JSON line to this file")
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
+    owned = [a for a in extra if a.split("=")[0] in HARNESS_FLAGS]
+    if owned:  # the trainer would take the last one and the harness would look for the run elsewhere
+        p.error(f"{owned[0].split('=')[0]} after '--' is the harness's own flag: give it before '--' "
+                f"({', '.join(sorted(HARNESS_FLAGS))} are set by the harness)")
     os.environ.update(device_env(args.device))  # before torch is imported, for --throughput
     run_dir, wall, rc = run_training(args, extra)
     if not (run_dir / "metrics.jsonl").is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -63,8 +64,9 @@ class S7Net(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: nn.Module) -> S7Net:
-    """s7_strided's and s7's shared stack: two 3x3 stride-2 transitions, then `t3`."""
+def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: Callable[[], nn.Module]) -> S7Net:
+    """s7_strided's and s7's shared stack: two 3x3 stride-2 transitions, then `t3()`, built in its place so a
+    seed initialises the weights as it always did."""
     w1, w2, w3, w4 = widths
     return S7Net(
         c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
@@ -72,7 +74,7 @@ def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: 
         c2=ResidualDS(w2),
         t2=DepthwiseSeparableConv(w2, w3, stride=2),                         # -> 8x8
         c3=ResidualDS(w3, dilation=2),
-        t3=t3,
+        t3=t3(),
         c4=ResidualDS(w4),
         head=OutputHead(w4, num_classes),
     )
@@ -80,7 +82,8 @@ def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: 
 
 def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
     """Three 3x3 stride-2 transitions: C4 at 4x4."""
-    return _strided_pair(num_classes, in_chans, widths, DepthwiseSeparableConv(widths[2], widths[3], stride=2))
+    return _strided_pair(num_classes, in_chans, widths,
+                         lambda: DepthwiseSeparableConv(widths[2], widths[3], stride=2))
 
 
 def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
@@ -99,7 +102,8 @@ def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
 
 def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
     """As `build_strided`, but T3 is dilated, not strided: C4 stays at 8x8 and the RF grows."""
-    return _strided_pair(num_classes, in_chans, widths, DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
+    return _strided_pair(num_classes, in_chans, widths,
+                         lambda: DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
 
 
 def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -119,12 +123,12 @@ def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def _cfg(name: str) -> dict:
-    # timm loads pretrained=True from `file`, a local safetensors in the repository: no network.
-    file = WEIGHTS_DIR / f"{name}.safetensors"
-    mean, std = trained_statistics(file)
-    return dict(file=str(file), num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0,
-                interpolation="bilinear", mean=mean, std=std, first_conv="c1.0.0", classifier="head.classifier",
-                license="mit")
+    # timm loads pretrained=True from `file`, a local safetensors in the repository: no network. The mean and
+    # std here are CIFAR-10's; `_create` replaces them with the file's own when a net is built, so importing
+    # `models` opens no file.
+    return dict(file=str(WEIGHTS_DIR / f"{name}.safetensors"), num_classes=10, input_size=(3, 32, 32),
+                pool_size=None, crop_pct=1.0, interpolation="bilinear", mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                first_conv="c1.0.0", classifier="head.classifier", license="mit")
 
 
 # Must exist before register_model runs: timm reads the module's default_cfgs at registration.
@@ -136,7 +140,12 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, builder, pretrained: bool, **kwargs) -> S7Net:
-    return build_model_with_cfg(builder, variant, pretrained, **kwargs)
+    """Build through timm, the pretrained_cfg normalising with the statistics of the weights file it names
+    (an overlay's `file`, else the shipped one); an overlay's own mean/std win."""
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    mean, std = trained_statistics(Path(overlay.get("file", WEIGHTS_DIR / f"{variant}.safetensors")))
+    return build_model_with_cfg(builder, variant, pretrained,
+                                pretrained_cfg_overlay={"mean": mean, "std": std, **overlay}, **kwargs)
 
 
 @register(None, shipped=True)

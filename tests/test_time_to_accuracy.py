@@ -63,3 +63,12 @@ def test_the_readme_speed_table_is_generated_from_the_committed_lines(harness, t
     row = next(text for text in table.splitlines() if text.startswith("| h |"))
     assert f"| {rec['startup_seconds']:.1f} | {rec['loop_images_per_s']:,.0f} |" in row
     assert f"epoch {rec['epoch_to_target']}, {rec['seconds_to_target']:.1f} s" in row
+
+
+@pytest.mark.parametrize("flag", ["--out", "--name=x"])
+def test_the_harness_refuses_its_own_flags_among_the_trainer_flags(flag, tmp_path):
+    # given after '--' the trainer would write the run elsewhere and the harness would report on nothing
+    cmd = [PYTHON, "benchmarks/time_to_accuracy.py", "--out", str(tmp_path), "--", "--epochs", "1", flag, "y"]
+    p = subprocess.run(cmd, cwd=REPO, env=sub_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and flag.split("=")[0] in p.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []

@@ -227,3 +227,23 @@ def test_weight_decay_skips_batchnorm_and_biases(name):
             if p.ndim > 1:
                 assert id(p) in decay, f"{mod_name}.{pname}"
     assert n_norm > 0 and n_bias > 0  # the model has BatchNorm and biases to exclude
+
+
+def test_optimizer_state_saved_before_timms_groups_still_loads_onto_the_same_parameters():
+    import timm
+
+    import models  # noqa: F401
+
+    model = timm.create_model("s7", num_classes=10)
+    # the grouping checkpoints were written with before timm's: decayed weights first, then 1-d parameters
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    old = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4},
+                           {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}],
+                          lr=0.1, momentum=0.9, nesterov=True)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    old.step()
+    new = make_optimizer(TrainConfig(weight_decay=5e-4), model)
+    new.load_state_dict(old.state_dict())
+    assert [g["weight_decay"] for g in new.param_groups] == [5e-4, 0.0]
+    assert [id(p) for p in new.param_groups[0]["params"]] == [id(p) for p in decay]
+    assert all(torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"]) for p in decay)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
 from trainer.config import RunError, TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Nesterov SGD or AdamW; --momentum is SGD's momentum or AdamW's beta1."""
-    # timm's groups: no weight decay on BatchNorm or biases (1-d parameters), frozen ones (--whiten) left out
+    # timm's groups: no weight decay on BatchNorm or biases (1-d parameters), frozen ones (--whiten) left out;
+    # decayed group first, the order checkpoints written before timm's groups hold, so they still resume
+    groups = param_groups_weight_decay(model, cfg.weight_decay)[::-1]
     if cfg.optimizer == "sgd":  # timm's "sgd" is Nesterov
-        return create_optimizer_v2(model, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.momentum, 0.999))
+        return create_optimizer_v2(groups, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    return create_optimizer_v2(groups, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.momentum, 0.999))
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int,
