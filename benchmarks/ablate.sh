@@ -16,6 +16,7 @@ run() {
         receptive_field.md augmentation.txt ./*.png per_class.md predictions.npz "../../../results/ablations/$name/" \
         && cp model/meta.json "../../../results/ablations/$name/model/")
 }
+A12=(--model s7_cand_a --config configs/s7_cand_a.yaml --whiten true --epochs 12 --val-split 0)
 A_RECIPE=(--batch-size 512 --lr 0.4 --label-smoothing 0.2 "${LIGHT_AUG[@]}")
 # name: trainer flags. `benchmarks/ablate.sh NAME...` runs only those; no names runs every one.
 declare -A RUNS=(
@@ -26,8 +27,16 @@ declare -A RUNS=(
     [cand_a_strided-sgd]="--model s7_cand_a_strided ${A_RECIPE[*]}"
     [dilated-sgd]="--model s7_dilated"
     [cand_a_dilated-sgd]="--model s7_cand_a_dilated ${A_RECIPE[*]}"
+    # Issue 16, the short recipe's changes one at a time: 12 epochs on the full training split (no validation
+    # split, the final epoch's test accuracy is the figure, nothing selected), candidate A whitened, bf16 auto.
+    [a12-base]="${A12[*]}"
+    [a12-bs256]="${A12[*]} --batch-size 256 --lr 0.2"
+    [a12-ema]="${A12[*]} --ema-decay 0.99"
+    [a12-lightaug]="${A12[*]} --rotate-limit 0 --scale-limit 0.05 --dropout-p 0.1"
+    [a12-ls01]="${A12[*]} --label-smoothing 0.1"
 )
-ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd)
+ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
+       a12-base a12-bs256 a12-ema a12-lightaug a12-ls01)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
