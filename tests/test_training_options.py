@@ -57,6 +57,23 @@ def test_adamw_beta1_is_the_momentum_flag(data, tmp_path):
     assert [r["momentum"] for r in rows] == [0.8, 0.8]
 
 
+# ---------------------------------------------------------------- BatchNorm settings
+
+def test_batchnorm_flags_reach_every_batchnorm_of_the_trained_net(data, tmp_path):
+    # momentum 0 keeps the running statistics at their initial 0 and 1; frozen scales stay at their initial 1
+    shipped = load_file(str(quick_run(data, tmp_path, "bn", "--bn-momentum", "0", "--bn-frozen-scales", "true")
+                       / "model/model.safetensors"))
+    bns = [k.removesuffix(".running_mean") for k in shipped if k.endswith(".running_mean")]
+    assert len(bns) > 5
+    for bn in bns:
+        assert torch.equal(shipped[bn + ".running_mean"], torch.zeros_like(shipped[bn + ".running_mean"]))
+        assert torch.equal(shipped[bn + ".running_var"], torch.ones_like(shipped[bn + ".running_var"]))
+        assert torch.equal(shipped[bn + ".weight"], torch.ones_like(shipped[bn + ".weight"]))
+    assert any(shipped[bn + ".bias"].abs().max() > 0 for bn in bns)  # the shifts did learn
+    default = load_file(str(quick_run(data, tmp_path, "d") / "model/model.safetensors"))
+    assert all(not torch.equal(default[bn + ".weight"], shipped[bn + ".weight"]) for bn in bns[:3])
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_weights_are_shipped_plain_and_load_by_evaluate_predict_and_timm(data, tmp_path, capsys):

@@ -61,6 +61,10 @@ class TrainConfig:
     whiten: bool = _opt(False, "start the net's first conv as the whitening transform of the training images' "
                                "patches (covariance eigenvectors / sqrt(eigenvalue), both signs) and freeze it "
                                "(trainer/whiten.py); needs an even number of first-conv filters")
+    bn_momentum: float = _opt(0.1, "BatchNorm running-statistics momentum, in PyTorch's sense (the weight of each "
+                                   "new batch); fast CIFAR-10 recipes use about 0.4")
+    bn_frozen_scales: bool = _opt(False, "freeze every BatchNorm scale at its initial 1, so only the shifts learn "
+                                         "(a fast-training trick; the scales still count as parameters)")
     val_split: int = _opt(0, ">0: hold N training images out (stratified, fixed seed) as a validation split that "
                              "picks the shipped epoch; 0 = ship the final epoch. The test split is only reported")
     # augmentation (probabilities and ranges; see trainer/augment.py)
@@ -118,7 +122,7 @@ class TrainConfig:
         if self.workers < -1:
             _fail("workers", f"must be -1 (automatic) or 0 or more, not {self.workers}")
         for name in ("flip_p", "ssr_p", "dropout_p", "gray_p", "pct_start", "label_smoothing", "ema_decay",
-                     "momentum", "base_momentum", "max_momentum"):
+                     "bn_momentum", "momentum", "base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(name, f"must be between 0 and 1, not {getattr(self, name)}")
         for name in ("lr", "div_factor", "final_div_factor"):

@@ -51,8 +51,14 @@ def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
-    """The net and its rule check; a net that breaks a rule is refused unless --allow-rule-violations."""
+    """The net with the run's BatchNorm settings, and its rule check; a net that breaks a rule is refused unless
+    --allow-rule-violations."""
     model = timm.create_model(cfg.model, num_classes=num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = cfg.bn_momentum
+            if cfg.bn_frozen_scales and m.weight is not None:
+                m.weight.requires_grad_(False)  # before the optimizer: no update and no weight-decay group
     rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
     failed = [r.name for r in rules if not r.passed]
     if failed and not cfg.allow_rule_violations:
