@@ -26,10 +26,12 @@ from trainer.runfolder import read_metrics
 
 
 def run_and_signal(argv: list[str], sig: int, after: str, timeout: float = 240,
-                   when: Callable[[], bool] = lambda: True) -> tuple[int, str]:
-    """Run trainer/main.py, send `sig` after the first stdout line starting with `after`, as soon as `when()`."""
+                   when: Callable[[], bool] = lambda: True, sigint_ignored: bool = False) -> tuple[int, str]:
+    """Run trainer/main.py, send `sig` after the first stdout line starting with `after`, as soon as `when()`;
+    with `sigint_ignored` the trainer starts as a background job of a shell without job control does."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen([PYTHON, "trainer/main.py", *argv], cwd=REPO, env=sub_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ignore)
     watchdog = threading.Timer(timeout, proc.kill)
     watchdog.start()
     lines, sent = [], False
@@ -290,3 +292,10 @@ def test_make_train_with_a_bad_flag_prints_the_trainers_one_line():
     lines = [line for line in r.stderr.splitlines() if not line.startswith("make")]
     assert lines == ["error: --epochs must be at least 1, not 0"], r.stderr
     assert "Traceback" not in r.stderr + r.stdout and r.returncode != 0
+
+
+def test_sigint_interrupts_a_run_started_with_sigint_ignored(data, tmp_path):
+    # `python trainer/main.py ... &` from a script: the child inherits SIG_IGN for SIGINT
+    rc, out = run_and_signal(flags(data, tmp_path, "bg"), signal.SIGINT, "epoch   1/4", sigint_ignored=True)
+    assert rc == 130, out
+    assert "interrupted (SIGINT) during epoch" in out

@@ -251,7 +251,10 @@ def train(cfg: TrainConfig) -> int:
             print(done)
         return 0
     job = setup(dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode)))
+    # SIGINT too: a shell without job control starts background jobs with SIGINT ignored, and Python then
+    # never installs its KeyboardInterrupt handler, so `kill -INT` would be lost
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     progress = job.accelerator.is_main_process and sys.stderr.isatty()  # tqdm bars on a terminal only
     epoch = job.start_epoch - 1
     try:
