@@ -245,16 +245,13 @@ def completed(cfg: TrainConfig) -> str | None:
 
 def train(cfg: TrainConfig) -> int:
     """Run (or resume) one training job; returns the process exit code."""
-    done = completed(cfg)
-    if done:
+    if done := completed(cfg):
         if os.environ.get("RANK", "0") == "0":  # one line from a launch of several processes
             print(done)
         return 0
     job = setup(dataclasses.replace(cfg, wandb_mode=tracking.resolve_wandb_mode(cfg.wandb_mode)))
-    # SIGINT too: a shell without job control starts background jobs with SIGINT ignored, and Python then
-    # never installs its KeyboardInterrupt handler, so `kill -INT` would be lost
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a script's background job starts with it ignored
+        signal.signal(sig, _raise_interrupt)
     progress = job.accelerator.is_main_process and sys.stderr.isatty()  # tqdm bars on a terminal only
     epoch = job.start_epoch - 1
     try:
