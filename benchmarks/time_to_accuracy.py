@@ -137,13 +137,13 @@ def run_facts(run_dir: Path) -> dict:
     """What the run used (RUN/config.yaml, RUN/startup.json): speed options, device, precision, peak lr, and
     its start-up to the end of the first training step."""
     from trainer.config import TrainConfig
-    from trainer.startup import STARTUP_FILE
+    from trainer.runfolder import STARTUP
 
     cfg = TrainConfig.load(run_dir / "config.yaml")
     facts = {"model": cfg.model, "recipe": cfg.recipe, "batch_size": cfg.batch_size, "compile": cfg.compile,
              "channels_last": cfg.channels_last, "cudnn_benchmark": cfg.cudnn_benchmark,
              "non_blocking": cfg.non_blocking, "lr_scaling": cfg.lr_scaling}
-    path = run_dir / STARTUP_FILE
+    path = run_dir / STARTUP
     if path.is_file():
         s = json.loads(path.read_text())
         facts.update({k: s[k] for k in ("device", "processes", "precision", "peak_lr", "workers", "threads")},
@@ -282,9 +282,9 @@ def main() -> int:
     p.add_argument("--out-jsonl", default=None, help="append the JSON line to this file")
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    owned = [a for a in extra if a.split("=")[0] in HARNESS_FLAGS]
+    owned = [flag for flag in (a.split("=")[0] for a in extra) if flag in HARNESS_FLAGS]
     if owned:  # the trainer would take the last one and the harness would look for the run elsewhere
-        p.error(f"{owned[0].split('=')[0]} after '--' is the harness's own flag: give it before '--' "
+        p.error(f"{owned[0]} after '--' is the harness's own flag: give it before '--' "
                 f"({', '.join(sorted(HARNESS_FLAGS))} are set by the harness)")
     os.environ.update(device_env(args.device))  # before torch is imported, for --throughput
     run_dir, wall, rc = run_training(args, extra)

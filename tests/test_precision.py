@@ -16,7 +16,7 @@ from runs import REPO, flags, sub_env
 from trainer import main as trainer_main
 from trainer import precision
 from trainer.config import TrainConfig
-from trainer.startup import STARTUP_FILE
+from trainer.runfolder import STARTUP
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 SHIPPED = str(REPO / "accelerate_config.yaml")
@@ -53,7 +53,7 @@ def test_a_precision_given_to_accelerate_launch_is_what_the_steps_compute_in_and
     assert seen["conv_output_dtype"] == dtype(wanted) and seen["autocast"] is (wanted != "no")
     assert TrainConfig.load(run / "config.yaml").mixed_precision == wanted  # not `auto`
     assert f"precision {wanted} (accelerate launch --mixed_precision {wanted})" in (run / "train.log").read_text()
-    assert json.loads((run / STARTUP_FILE).read_text())["precision"] == wanted
+    assert json.loads((run / STARTUP).read_text())["precision"] == wanted
 
 
 def test_the_shipped_launch_config_leaves_the_precision_to_auto_and_the_run_saves_what_auto_chose(data, tmp_path):

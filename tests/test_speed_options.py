@@ -22,8 +22,7 @@ from trainer import checkpoint
 from trainer import main as trainer_main
 from trainer.config import RunError, TrainConfig, resolve
 from trainer.precision import make_accelerator, pick_precision
-from trainer.startup import STARTUP_FILE
-from trainer.runfolder import read_metrics
+from trainer.runfolder import STARTUP, read_metrics
 
 
 def cpu_flags() -> set[str]:
@@ -98,7 +97,7 @@ def test_bf16_is_the_autocast_dtype_of_the_steps(data, tmp_path):
     assert (seen["autocast"], seen["autocast_dtype"], seen["conv_output_dtype"]) == (True, "torch.bfloat16",
                                                                                      "torch.bfloat16")
     assert seen["input_dtype"] == "torch.float32"  # autocast casts inside the net, the batch stays fp32
-    assert json.loads((tmp_path / "bf16" / STARTUP_FILE).read_text())["precision"] == "bf16"
+    assert json.loads((tmp_path / "bf16" / STARTUP).read_text())["precision"] == "bf16"
 
 
 @pytest.mark.slow
@@ -132,7 +131,7 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_not_run_in_fp32(monkeypatch):
 def test_startup_is_timed_phase_by_phase_to_the_end_of_the_first_step(data, tmp_path):
     assert train_in_process(flags(data, tmp_path, "s", *QUICK)) == 0
     run = tmp_path / "s"
-    t = json.loads((run / STARTUP_FILE).read_text())
+    t = json.loads((run / STARTUP).read_text())
     first = read_metrics(run)[0]
     assert list(t["phases"])[:9] == ["imports", "config", "accelerator", "data", "statistics", "loaders", "model",
                                      "prepare", "run_files"]
@@ -206,4 +205,4 @@ def test_a_compiled_run_resumes_to_the_same_figures(compiled_run, data, tmp_path
     assert train_until_interrupted(flags(data, tmp_path, "cut", *COMPILED, epochs=3), at_epoch=3) == 130
     assert train_in_process(["--resume", str(tmp_path / "cut"), "--wandb-mode", "disabled"]) == 0
     assert_same_metrics(read_metrics(tmp_path / "cut"), read_metrics(run))
-    assert json.loads((tmp_path / "cut" / STARTUP_FILE).read_text())["resumed"] is True
+    assert json.loads((tmp_path / "cut" / STARTUP).read_text())["resumed"] is True

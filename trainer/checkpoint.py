@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.runfolder import write_atomic
+
 STATE_FILE = "state.json"
 MANIFEST = "manifest.json"  # {"sha256": {file name: hex digest}}, written last
 POINTER = "latest"
@@ -32,16 +34,6 @@ KEEP = 2  # checkpoints kept: the newest, and the one a damaged newest falls bac
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot or must not be loaded (missing, other model, unsafe pickle)."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file so readers see the old or the new content, never half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _numpy_safe_globals() -> list:

@@ -11,7 +11,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     """Nesterov SGD or AdamW; --momentum is SGD's momentum or AdamW's beta1."""
     # timm's groups: no weight decay on BatchNorm or biases (1-d parameters), frozen ones (--whiten) left out;
     # decayed group first, the order checkpoints written before timm's groups hold, so they still resume
-    groups = param_groups_weight_decay(model, cfg.weight_decay)[::-1]
+    groups = sorted(param_groups_weight_decay(model, cfg.weight_decay), key=lambda g: -g["weight_decay"])
     if cfg.optimizer == "sgd":  # timm's "sgd" is Nesterov
         return create_optimizer_v2(groups, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     return create_optimizer_v2(groups, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.momentum, 0.999))

@@ -115,6 +115,11 @@ def resolve_precision(requested: str) -> tuple[str, str]:
     return value, source
 
 
+def device_name(accelerator: Accelerator) -> str:
+    """The run's device in the words facts.json, startup.json and the log use: the GPU's name, or "CPU"."""
+    return torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "CPU"
+
+
 def make_accelerator(cfg: TrainConfig, precision: str | None = None) -> Accelerator:
     """An Accelerator that really runs data-parallel on CPUs too (plain Accelerator() under torchrun
     without GPUs would leave every rank alone), with a seedable sampler and unrepeated scheduler steps.

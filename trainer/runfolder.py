@@ -6,6 +6,7 @@ nothing of either, so both can use it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ LEGACY_WEIGHTS_DIR = "best"  # runs before issue 8
 CHECKPOINTS_DIR = "checkpoints"
 
 LEGACY_SELECTION = "best test_acc (old trainer: picked on the test split)"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file so readers see the old or the new content, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- metrics rows
@@ -116,9 +127,7 @@ def model_meta(run_dir: Path) -> dict[str, Any]:
 
 def write_facts(run_dir: Path, facts: dict[str, Any]) -> None:
     """facts.json: what the run measured of its net and machine, as numbers and names (see `facts`)."""
-    tmp = Path(run_dir) / (FACTS + ".tmp")
-    tmp.write_text(json.dumps(facts, indent=1) + "\n")
-    tmp.replace(Path(run_dir) / FACTS)
+    write_atomic(Path(run_dir) / FACTS, json.dumps(facts, indent=1) + "\n")
 
 
 def facts(model: str, parameters: int, receptive_field: int, rules: list[dict[str, Any]], device: str | None,

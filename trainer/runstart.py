@@ -20,6 +20,7 @@ from trainer import runfolder
 from trainer.augment import describe_pipeline
 from trainer.config import RunError, TrainConfig
 from trainer.loader import resolve_workers
+from trainer.precision import device_name
 from trainer.startup import cpu_epoch_estimate
 from trainer.text import counted
 
@@ -60,16 +61,20 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, li
             if cfg.bn_frozen_scales and m.weight is not None:
                 m.weight.requires_grad_(False)  # before the optimizer: no update and no weight-decay group
     rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
-    failed = [r.name for r in rules if not r.passed]
+    failed = failed_rules(rules)
     if failed and not cfg.allow_rule_violations:
         raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
                        "train it anyway with --allow-rule-violations")
     return model, rules
 
 
+def failed_rules(rules: list) -> list[str]:
+    return [r.name for r in rules if not r.passed]
+
+
 def rules_verdict(rules: list) -> str:
     """"ALL PASS" or "FAIL: a, b": the last line of rules.md and the header's."""
-    failed = [r.name for r in rules if not r.passed]
+    failed = failed_rules(rules)
     return "ALL PASS" if not failed else "FAIL: " + ", ".join(failed)
 
 
@@ -78,10 +83,10 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rul
     """config.yaml, facts.json (the numbers tools read), and for people the rules, the torchinfo summary, the RF
     table and the augmentation pipeline: once per run."""
     cfg.save(run_dir / runfolder.CONFIG)
-    device = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "CPU"
     runfolder.write_facts(run_dir, runfolder.facts(
         cfg.model, sum(p.numel() for p in model.parameters()), rf_rows[-1].rf if rf_rows else receptive_field(model),
-        [dataclasses.asdict(r) for r in rules], device, str(accelerator.mixed_precision), accelerator.num_processes))
+        [dataclasses.asdict(r) for r in rules], device_name(accelerator), str(accelerator.mixed_precision),
+        accelerator.num_processes))
     (run_dir / runfolder.RULES_MD).write_text(f"{format_rules(rules)}\n\n{rules_verdict(rules)}\n")
     (run_dir / runfolder.SUMMARY).write_text(summary_text(model) + "\n")
     (run_dir / runfolder.RF_MD).write_text(format_rf_table(rf_rows) + "\n")
@@ -92,11 +97,10 @@ def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
     """The run's first lines: net, rules, devices and precision, speed options, lr, data, run folder."""
     cfg, acc, inp, log = job.cfg, job.accelerator, job.inp, job.log
     cuda = acc.device.type == "cuda"
-    failed = [r.name for r in rules if not r.passed]
     log.line(f"s7 train: {cfg.model} ({n_params:,} parameters, RF {rf}) recipe {cfg.recipe or 'custom'}")
     log.line(f"rule check (as `s7 check {cfg.model}`):\n{format_rules(rules)}")
-    log.line(f"rules: {rules_verdict(rules)}{' (--allow-rule-violations)' if failed else ''}")
-    log.line(f"devices: {acc.num_processes} x {torch.cuda.get_device_name() if cuda else 'CPU'}, "
+    log.line(f"rules: {rules_verdict(rules)}{' (--allow-rule-violations)' if failed_rules(rules) else ''}")
+    log.line(f"devices: {acc.num_processes} x {device_name(acc)}, "
              f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "

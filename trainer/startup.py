@@ -9,13 +9,13 @@ from typing import Any
 import psutil
 import torch
 
-from trainer import checkpoint
+from trainer import runfolder
 from trainer.loader import resolve_workers
+from trainer.precision import device_name
 from trainer.loop import EpochResult
 from trainer.text import counted
 
 
-STARTUP_FILE = "startup.json"
 
 
 def process_start() -> float:
@@ -86,11 +86,11 @@ def record_startup(job: Any, tr: EpochResult) -> None:
            "compile": cfg.compile, "data_from_cache": job.inp.data.from_cache, "resumed": bool(cfg.resume),
            "epoch": job.start_epoch,
            # what the run used, as resolved on this machine
-           "device": torch.cuda.get_device_name() if acc.device.type == "cuda" else "CPU",
+           "device": device_name(acc),
            "processes": acc.num_processes, "precision": acc.mixed_precision, "peak_lr": job.state["peak_lr"],
            "workers": resolve_workers(cfg.workers), "threads": torch.get_num_threads()}
     if acc.is_main_process:
-        checkpoint.write_atomic(job.run_dir / STARTUP_FILE, json.dumps(out, indent=1) + "\n")
+        runfolder.write_atomic(job.run_dir / runfolder.STARTUP, json.dumps(out, indent=1) + "\n")
     job.log.line(f"start-up: {out['seconds']:.1f} s from process start to the end of the first step ("
                  + ", ".join(f"{k} {v:.2f}" for k, v in clock.phases.items()) + " s)")
     job.startup = None
