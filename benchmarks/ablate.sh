@@ -17,6 +17,7 @@ run() {
         && cp model/meta.json "../../../results/ablations/$name/model/")
 }
 A12=(--model s7_cand_a --config configs/s7_cand_a.yaml --whiten true --epochs 12 --val-split 0)
+LIGHT12=(--rotate-limit 0 --scale-limit 0.05 --dropout-p 0.1 --tta-shift 1)
 A_RECIPE=(--batch-size 512 --lr 0.4 --label-smoothing 0.2 "${LIGHT_AUG[@]}")
 # name: trainer flags. `benchmarks/ablate.sh NAME...` runs only those; no names runs every one.
 declare -A RUNS=(
@@ -34,9 +35,14 @@ declare -A RUNS=(
     [a12-ema]="${A12[*]} --ema-decay 0.99"
     [a12-lightaug]="${A12[*]} --rotate-limit 0 --scale-limit 0.05 --dropout-p 0.1"
     [a12-ls01]="${A12[*]} --label-smoothing 0.1"
+    # Issue 16, the fast-training fields, each on top of the kept light augmentation (a12-lightaug), with the
+    # final epoch's shift TTA measured too.
+    [a12-light-dirac]="${A12[*]} ${LIGHT12[*]} --identity-init true"
+    [a12-light-lookahead]="${A12[*]} ${LIGHT12[*]} --ema-decay 0.8 --ema-every 5 --bn-momentum 0.4"
+    [a12-light-ramp]="${A12[*]} ${LIGHT12[*]} --aug-ramp-epochs 6"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
-       a12-base a12-bs256 a12-ema a12-lightaug a12-ls01)
+       a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words

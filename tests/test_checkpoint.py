@@ -78,18 +78,22 @@ def test_sigint_exits_130_with_resume_hint_and_resume_matches_uninterrupted_run(
     assert (run / "train.log").read_text().count("s7 train:") == 2  # one header per launch, in one log
 
 
-def test_sigterm_during_epoch_2_exits_130_and_resumes_from_epoch_1(data, tmp_path, capsys):
+def test_sigterm_mid_run_exits_130_and_resumes_from_the_last_saved_epoch(data, tmp_path, capsys):
+    """SIGTERM once epoch 1 is on disk. The trainer may have finished another short epoch before the signal
+    lands (the test process can wait for a core), so the epoch it names is read back, not assumed."""
     run = tmp_path / "term"
     pointer = run / "checkpoints" / "latest"
     rc, out = run_and_signal(flags(data, tmp_path, "term", "--train-subset", "300", epochs=4), signal.SIGTERM,
                              "epoch   1/4", when=lambda: pointer.is_file() and pointer.read_text() == "epoch-0001")
     assert rc == 130, out
-    assert "interrupted (SIGTERM) during epoch 2" in out and "--resume" in out
-    assert saved_epoch(run) == 1
+    done = saved_epoch(run)
+    assert 1 <= done < 4
+    assert f"interrupted (SIGTERM) during epoch {done + 1}; the state after epoch {done} is saved" in out
+    assert "--resume" in out
 
     capsys.readouterr()
     assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
-    assert "resumed from epoch 1 of 4" in capsys.readouterr().out
+    assert f"resumed from epoch {done} of 4" in capsys.readouterr().out
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]  # no epoch repeated or skipped
     assert saved_epoch(run) == 4
 

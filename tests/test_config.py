@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
     (["--cycle-momentum", "maybe"], "argument --cycle-momentum: expected true/false"),
     (["--allow-rule-violations", "2"], "argument --allow-rule-violations: expected true/false"),
     (["--epochs", "x"], "argument --epochs: invalid int value"),
+    (["--ema-every", "0"], "--ema-every must be at least 1"),
+    (["--aug-ramp-epochs", "-1"], "--aug-ramp-epochs must be 0 or more"),
+    (["--tta-shift", "9"], "--tta-shift must be between 0 and 8 pixels"),
+    (["--identity-init", "maybe"], "argument --identity-init: expected true/false"),
 ])
 def test_bad_value_is_a_one_line_error_naming_the_flag(argv, message):
     with pytest.raises(SystemExit) as e:

@@ -26,7 +26,7 @@ N_TEST = 4  # test images per class of the tiny tree
 # Every count flag of every tool and the least value it takes (0: "none" or "all" means something).
 COUNT_FLAGS = {
     ("show-augment", "--n"): 1, ("show-augment", "--draws"): 1, ("show-augment", "--seed"): 0,
-    ("evaluate", "--batch-size"): 1, ("explain", "--top"): 1,
+    ("evaluate", "--batch-size"): 1, ("evaluate", "--tta-shift"): 0, ("explain", "--top"): 1,
     ("robustness", "--limit"): 0, ("robustness", "--seed"): 0,
     ("sweep", "--trials"): 1, ("sweep", "--seed"): 0,
 }
@@ -82,6 +82,10 @@ def test_a_count_below_its_least_or_not_whole_is_one_line_naming_flag_and_value(
         assert error_line([command, flag, bad], capsys).startswith(f"error: {flag} {bad}: must be {least}")
     assert error_line([command, flag, "2.5"], capsys) == f"error: {flag} 2.5: not a whole number"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_count_above_its_most_is_one_line_naming_flag_value_and_bound(capsys):
+    assert error_line(["evaluate", "W.safetensors", "--tta-shift", 9], capsys) == "error: --tta-shift 9: must be 8 or less"
 
 
 def test_robustness_limit_above_the_test_split_is_refused_before_any_work(tiny, tmp_path, capsys):

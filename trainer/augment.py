@@ -80,6 +80,26 @@ def build_train_transform(
     )
 
 
+RAMPED = ("ssr_p", "dropout_p", "gray_p")  # --aug-ramp-epochs: what rises from 0; the flip never does
+_PROBABILITY_OF = {A.HorizontalFlip: "flip_p", A.Affine: "ssr_p", A.CoarseDropout: "dropout_p", A.ToGray: "gray_p"}
+
+
+def ramped_probabilities(probabilities: dict[str, float], ramp_epochs: int, epoch: int) -> dict[str, float]:
+    """The probabilities for `epoch` (1-based) of a run with --aug-ramp-epochs `ramp_epochs`: the RAMPED ones
+    scaled by (epoch - 1) / ramp_epochs, capped at 1 (0 in epoch 1, as set from epoch ramp_epochs + 1 on)."""
+    scale = min(1.0, (epoch - 1) / ramp_epochs) if ramp_epochs > 0 else 1.0
+    return {k: v * scale if k in RAMPED else v for k, v in probabilities.items()}
+
+
+def set_probabilities(transform: A.BaseCompose, probabilities: dict[str, float]) -> None:
+    """Give each transform of `build_train_transform`'s pipeline its probability from `probabilities`
+    (flip_p, ssr_p, dropout_p, gray_p); draws nothing, so the random streams are untouched."""
+    for t in transform.transforms:
+        name = _PROBABILITY_OF.get(type(t))
+        if name in probabilities:
+            t.p = probabilities[name]
+
+
 def reseed(transform: A.BaseCompose, seed: int) -> None:
     """Give the whole pipeline one random stream derived from seed.
 

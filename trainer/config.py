@@ -65,6 +65,17 @@ class TrainConfig:
                                    "new batch); fast CIFAR-10 recipes use about 0.4")
     bn_frozen_scales: bool = _opt(False, "freeze every BatchNorm scale at its initial 1, so only the shifts learn "
                                          "(a fast-training trick; the scales still count as parameters)")
+    identity_init: bool = _opt(False, "start every conv but the classifier as the identity (dirac): a full conv on as "
+                                      "many filters as it has inputs (the rest as drawn), a depthwise conv on all; "
+                                      "--whiten then replaces the first conv")
+    ema_every: int = _opt(1, "update the weight average (--ema-decay) every N optimizer steps, each update with "
+                             "decay --ema-decay: with N of about 5 a slow, lookahead-like average; 1 = every step")
+    tta_shift: int = _opt(0, ">0: after the final epoch, also measure test accuracy over the flip pair of the image "
+                             "(half the weight) and of copies shifted by +N and -N px on both axes (a quarter "
+                             "each; reflected border): six passes, logged beside the plain and flip-TTA figures")
+    aug_ramp_epochs: int = _opt(0, ">0: the shift-scale-rotate, hole and grayscale probabilities rise linearly "
+                                   "from 0 in epoch 1 to their set values in epoch N+1 (the flip stays as set); "
+                                   "0 = the set values throughout")
     val_split: int = _opt(0, ">0: hold N training images out (stratified, fixed seed) as a validation split that "
                              "picks the shipped epoch; 0 = ship the final epoch. The test split is only reported")
     # augmentation (probabilities and ranges; see trainer/augment.py)
@@ -113,10 +124,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 _fail(name, f"must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "base_batch_size"):
+        for name in ("epochs", "batch_size", "base_batch_size", "ema_every"):
             if getattr(self, name) < 1:
                 _fail(name, f"must be at least 1, not {getattr(self, name)}")
-        for name in ("train_subset", "test_subset", "val_split", "log_misclassified", "threads"):
+        for name in ("train_subset", "test_subset", "val_split", "log_misclassified", "threads", "aug_ramp_epochs"):
             if getattr(self, name) < 0:
                 _fail(name, f"must be 0 or more, not {getattr(self, name)}")
         if self.workers < -1:
@@ -128,6 +139,8 @@ class TrainConfig:
         for name in ("lr", "div_factor", "final_div_factor"):
             if not getattr(self, name) > 0:
                 _fail(name, f"must be positive, not {getattr(self, name)}")
+        if not 0 <= self.tta_shift <= 8:
+            _fail("tta_shift", f"must be between 0 and 8 pixels, not {self.tta_shift}")
         if not 0.0 <= self.target_acc <= 100.0:
             _fail("target_acc", f"must be a percentage between 0 and 100, not {self.target_acc}")
         if self.cycle_momentum and self.base_momentum > self.max_momentum:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from trainer.augment import build_train_transform, reseed
+from trainer.augment import build_train_transform, ramped_probabilities, reseed, set_probabilities
 from trainer.config import TrainConfig
 from trainer.dataset import CifarData, channel_stats, load_data, split_validation, subset
 
@@ -21,10 +23,12 @@ class AugmentedDataset(Dataset):
     """uint8 NHWC images and int64 labels; items are (uint8 CHW tensor, int label), augmented if a transform is set.
 
     The epoch lives in shared memory, so forked (also persistent) workers see `set_epoch` and reseed their
-    transform from (seed, epoch, rank, worker id) at their first item of each epoch.
+    transform from (seed, epoch, rank, worker id) at their first item of each epoch; there, too, `schedule`
+    (epoch -> transform probabilities, `augment.set_probabilities`), if given, sets the epoch's probabilities.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None, seed: int = 0, rank: int = 0):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None, seed: int = 0, rank: int = 0,
+                 schedule: Callable[[int], dict[str, float]] | None = None):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 NHWC images with 3 channels, got {images.dtype} {images.shape}")
         if len(images) != len(labels):
@@ -32,6 +36,7 @@ class AugmentedDataset(Dataset):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
+        self.schedule = schedule
         self.seed = seed
         self.rank = rank
         self._epoch = multiprocessing.Value("q", 0, lock=False)
@@ -60,6 +65,8 @@ class AugmentedDataset(Dataset):
             if self._seeded_for != (os.getpid(), epoch):  # pid: a fork must never inherit its parent's stream
                 info = get_worker_info()
                 reseed(self.transform, self.stream_seed(epoch, info.id if info is not None else 0))
+                if self.schedule is not None:
+                    set_probabilities(self.transform, self.schedule(epoch))
                 self._seeded_for = (os.getpid(), epoch)
             image = self.transform(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
@@ -156,7 +163,9 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: Any = None) 
     mark("statistics")
     transform = build_train_transform(mean, **cfg.augment_kwargs())
     rank = accelerator.process_index
-    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank)
+    probabilities = {k: v for k, v in cfg.augment_kwargs().items() if k.endswith("_p")}
+    schedule = partial(ramped_probabilities, probabilities, cfg.aug_ramp_epochs) if cfg.aug_ramp_epochs else None
+    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank, schedule=schedule)
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
                                pin_memory=pin, seed=cfg.seed)

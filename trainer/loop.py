@@ -1,5 +1,6 @@
-"""One training epoch and one evaluation pass, both distributed through Accelerate, and `normalize`, the
-device-side half of the input pipeline (the workers hand over uint8 images)."""
+"""One training epoch and one evaluation pass, both distributed through Accelerate, their figures as one
+metrics row (`epoch_row`), and `normalize`, the device-side half of the input pipeline (the workers hand over
+uint8 images)."""
 from __future__ import annotations
 
 import time
@@ -31,7 +32,8 @@ class EpochResult:
 
 @dataclass
 class EvalResult:
-    """Plain and flip-TTA figures of one pass; tensors hold every image once, in dataset order."""
+    """Plain, flip-TTA and (with --tta-shift) shift-TTA figures of one pass; tensors hold every image once, in
+    dataset order."""
 
     loss: float  # plain cross-entropy, no label smoothing
     accuracy: float  # percent
@@ -42,6 +44,8 @@ class EvalResult:
     predictions: torch.Tensor  # plain (no TTA) arg-max
     labels: torch.Tensor
     probabilities: torch.Tensor  # plain soft-max probability of the prediction
+    loss_shift: float | None = None  # flip and +-N px shift TTA (--tta-shift), None when not measured
+    accuracy_shift: float | None = None
 
 
 def normalize(batch: torch.Tensor, mean_pixels: Sequence[float] | torch.Tensor,
@@ -94,7 +98,7 @@ def _step(accelerator, model: nn.Module, x: torch.Tensor, y: torch.Tensor, crite
 
 
 def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler, criterion, mean, std, *,
-                    epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0,
+                    epoch: int, channels_last: bool = True, ema=None, ema_step: int = 0, ema_every: int = 1,
                     progress: bool = False,
                     on_step: Callable[[int, float, float, torch.Tensor], None] | None = None) -> EpochResult:
     """Train over the sharded loader; loss/accuracy are summed over all processes' augmented batches.
@@ -104,8 +108,9 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
     are after the first two steps, to time them. `model` may be torch.compile's wrapper.
     The scheduler steps only when the optimizer did (Accelerate's guidance: an fp16 step the grad scaler
     skipped must not move the learning rate; that check reads the scaler on the host at every step, as
-    GradScaler itself does). `ema` (timm's ModelEmaV3) is updated after every step; `ema_step` counts the
-    optimizer steps before this epoch, for its warm-up.
+    GradScaler itself does). `ema` (timm's ModelEmaV3) is updated after every `ema_every`-th step of the run;
+    `ema_step` counts the optimizer steps before this epoch, so the updates fall on the same steps after a resume,
+    and the warm-up counts updates.
     """
     model.train()
     start = time.perf_counter()
@@ -125,8 +130,8 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
             timed.append(time.perf_counter())
         logits, detached, lr, momentum = _step(accelerator, model, prepare_batch(x, mean, std, channels_last), y,
                                                criterion, optimizer, scheduler)
-        if ema is not None:
-            ema.update(plain, step=ema_step + step + 1)
+        if ema is not None and (ema_step + step + 1) % ema_every == 0:
+            ema.update(plain, step=(ema_step + step + 1) // ema_every)
         if on_step is not None:  # (step, lr, momentum, loss tensor): reads the loss only on the steps it logs
             on_step(step, lr, momentum, detached)
         # Track the first bad step on the device: no host sync and no host-to-device copy per step.
@@ -153,30 +158,80 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
                        second_step)
 
 
+def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The batch moved by `pixels` down and right (up and left when negative), the border filled by reflection,
+    in the batch's memory layout."""
+    pad = abs(pixels)
+    side_h, side_w = x.shape[-2:]
+    start = pad - pixels
+    moved = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")[:, :, start:start + side_h, start:start + side_w]
+    return moved.contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                            else torch.contiguous_format)
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, shift: int = 0) -> tuple[torch.Tensor, ...]:
+    """fp32 logits of the batch and of its mirror, and with `shift` > 0 a third tensor: the mean logits of the
+    mirror pairs of the batch shifted by +shift and by -shift px. Flip TTA is the mean of the first two;
+    shift TTA is half that plus half the third."""
+    def pair(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(batch).float(), model(batch.flip(3)).float()
+
+    plain, mirrored = pair(x)
+    if not shift:
+        return plain, mirrored
+    moved = [sum(pair(shifted(x, d))) / 2 for d in (shift, -shift)]
+    return plain, mirrored, (moved[0] + moved[1]) / 2
+
+
+def shift_tta(plain: torch.Tensor, mirrored: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """Shift-TTA logits from `tta_logits`' three tensors: the flip pair half, the shifted pairs a quarter each."""
+    return (plain + mirrored) / 4 + moved / 2
+
+
 @torch.no_grad()
 def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last: bool = True,
-             progress: bool = False, desc: str = "test") -> EvalResult:
+             progress: bool = False, desc: str = "test", tta_shift: int = 0) -> EvalResult:
     """Plain cross-entropy and accuracy of a whole split, without and with flip TTA (the image's and its
-    mirror's mean logits); `gather_for_metrics` counts each image once."""
+    mirror's mean logits) and, with `tta_shift`, with shift TTA; `gather_for_metrics` counts each image once."""
     model.eval()
     start = time.perf_counter()
     mean, std = pixel_stats(mean, std, accelerator.device)
-    plain, mirrored, labels = [], [], []
+    views: list[list[torch.Tensor]] = []
+    labels = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         x = prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
-            logits, flipped = model(x).float(), model(x.flip(3)).float()
-        logits, flipped, y = accelerator.gather_for_metrics((logits, flipped, y))
-        plain.append(logits.cpu())
-        mirrored.append(flipped.cpu())
+            logits = tta_logits(model, x, tta_shift)
+        *logits, y = accelerator.gather_for_metrics((*logits, y))
+        views.append([t.cpu() for t in logits])
         labels.append(y.cpu())
-    logits, lab = torch.cat(plain), torch.cat(labels)
-    tta = (logits + torch.cat(mirrored)) / 2
+    logits, mirrored, *moved = (torch.cat(v) for v in zip(*views))
+    lab = torch.cat(labels)
+    tta = (logits + mirrored) / 2
     p = logits.softmax(1)
     pred = p.argmax(1)
+    shift = shift_tta(logits, mirrored, moved[0]) if moved else None
     return EvalResult(
         loss=nn.functional.cross_entropy(logits, lab).item(), accuracy=100.0 * (pred == lab).double().mean().item(),
         loss_tta=nn.functional.cross_entropy(tta, lab).item(),
         accuracy_tta=100.0 * (tta.argmax(1) == lab).double().mean().item(),
         images=len(lab), seconds=time.perf_counter() - start, predictions=pred, labels=lab,
-        probabilities=p.max(1).values)
+        probabilities=p.max(1).values,
+        loss_shift=nn.functional.cross_entropy(shift, lab).item() if moved else None,
+        accuracy_shift=100.0 * (shift.argmax(1) == lab).double().mean().item() if moved else None)
+
+
+def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None, wall: float) -> dict:
+    """One metrics.jsonl row (and W&B step). `lr`/`momentum` are the last values used in the epoch."""
+    row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "lr": tr.lr, "momentum": tr.momentum,
+           "test_loss": te.loss, "test_acc": te.accuracy, "test_loss_tta": te.loss_tta,
+           "test_acc_tta": te.accuracy_tta, "test_images": te.images}
+    if te.accuracy_shift is not None:
+        row.update(test_loss_tta_shift=te.loss_shift, test_acc_tta_shift=te.accuracy_shift)
+    if va is not None:
+        row.update(val_loss=va.loss, val_acc=va.accuracy, val_acc_tta=va.accuracy_tta, val_images=va.images,
+                   val_seconds=va.seconds)
+    row.update(epoch_seconds=tr.seconds + te.seconds + (va.seconds if va else 0.0), train_seconds=tr.seconds,
+               data_wait_seconds=tr.data_seconds, test_seconds=te.seconds,
+               images_per_second=tr.images / max(tr.seconds, 1e-9), wall_seconds=wall)
+    return row

@@ -27,7 +27,7 @@ from trainer import checkpoint, runfolder, tracking
 from trainer.config import RunError, TrainConfig, resolve, resume_hint
 from trainer.dataset import DataError
 from trainer.loader import Inputs, build_inputs
-from trainer.loop import EpochResult, EvalResult, NonFiniteLoss, train_one_epoch, validate
+from trainer.loop import EvalResult, NonFiniteLoss, epoch_row, train_one_epoch, validate
 from trainer.optim import compile_model, make_optimizer, make_scheduler
 from trainer.precision import accelerator_and_precision
 from trainer.runstart import build_model, check_model_name, claim_run_dir, log_header, write_run_files
@@ -44,20 +44,6 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupt(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
-
-
-def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None, wall: float) -> dict:
-    """One metrics.jsonl row (and W&B step). `lr`/`momentum` are the last values used in the epoch."""
-    row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.accuracy, "lr": tr.lr, "momentum": tr.momentum,
-           "test_loss": te.loss, "test_acc": te.accuracy, "test_loss_tta": te.loss_tta,
-           "test_acc_tta": te.accuracy_tta, "test_images": te.images}
-    if va is not None:
-        row.update(val_loss=va.loss, val_acc=va.accuracy, val_acc_tta=va.accuracy_tta, val_images=va.images,
-                   val_seconds=va.seconds)
-    row.update(epoch_seconds=tr.seconds + te.seconds + (va.seconds if va else 0.0), train_seconds=tr.seconds,
-               data_wait_seconds=tr.data_seconds, test_seconds=te.seconds,
-               images_per_second=tr.images / max(tr.seconds, 1e-9), wall_seconds=wall)
-    return row
 
 
 @dataclass
@@ -174,14 +160,15 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
         job.startup.mark("loop")
     tr = train_one_epoch(acc, job.train_model, inp.train_loader, job.optimizer, job.scheduler, job.criterion,
                          inp.mean, inp.std, epoch=epoch, channels_last=cfg.channels_last, ema=job.ema,
-                         ema_step=(epoch - 1) * steps, progress=progress,
+                         ema_step=(epoch - 1) * steps, ema_every=cfg.ema_every, progress=progress,
                          on_step=tracking.step_logger(acc, cfg, (epoch - 1) * steps, cfg.epochs * steps))
     if job.startup is not None:
         record_startup(job, tr)
     evaluate = dict(channels_last=cfg.channels_last, progress=progress)
     va = validate(acc, job.eval_model, inp.val_loader, inp.mean, inp.std, desc="val", **evaluate) \
         if inp.val_loader is not None else None
-    te = validate(acc, job.eval_model, inp.test_loader, inp.mean, inp.std, **evaluate)
+    shift = cfg.tta_shift if epoch == cfg.epochs else 0  # six passes: the final epoch's headline only
+    te = validate(acc, job.eval_model, inp.test_loader, inp.mean, inp.std, tta_shift=shift, **evaluate)
     if not math.isfinite(te.loss):
         raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
                             "training stopped, last checkpoint kept")
@@ -191,8 +178,9 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     job.rows.append(row)
     acc.log(tracking.epoch_values(row))  # namespaced, against `epoch` (tracking.init_wandb)
     val_txt = f"val acc {va.accuracy:6.2f}% | " if va else ""
+    shift_txt = f", shift TTA {te.accuracy_shift:6.2f}%" if te.accuracy_shift is not None else ""
     job.log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | {val_txt}"
-                 f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%) | "
+                 f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%{shift_txt}) | "
                  f"lr {tr.lr:.4f} | {row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | "
                  f"wall {wall:.1f}s")
     if acc.is_main_process and runfolder.selected_row(job.rows)["epoch"] == epoch:

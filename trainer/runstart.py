@@ -60,12 +60,33 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, li
             m.momentum = cfg.bn_momentum
             if cfg.bn_frozen_scales and m.weight is not None:
                 m.weight.requires_grad_(False)  # before the optimizer: no update and no weight-decay group
+    if cfg.identity_init:
+        identity_init(model)
     rules = check_model(model, num_classes=num_classes, transitions=required_transitions(cfg.model))
     failed = failed_rules(rules)
     if failed and not cfg.allow_rule_violations:
         raise RunError(f"--model {cfg.model} breaks the rules ({', '.join(failed)}; see `s7 check {cfg.model}`); "
                        "train it anyway with --allow-rule-violations")
     return model, rules
+
+
+def identity_init(model: torch.nn.Module) -> int:
+    """Every conv but the classifier as the identity (dirac): a full conv on its first min(out, in) filters, the
+    others left as drawn; a depthwise conv on all. A fast-training trick: each block starts close to passing its
+    input on. Returns how many convs were set; grouped convs that are neither are left as they are."""
+    head, count = model.get_classifier(), 0
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, torch.nn.Conv2d) or m is head:
+                continue
+            if m.groups == 1:
+                torch.nn.init.dirac_(m.weight[:min(m.out_channels, m.in_channels)])
+            elif m.groups == m.in_channels == m.out_channels:
+                torch.nn.init.dirac_(m.weight, groups=m.groups)
+            else:
+                continue
+            count += 1
+    return count
 
 
 def failed_rules(rules: list) -> list[str]:
@@ -90,7 +111,9 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rul
     (run_dir / runfolder.RULES_MD).write_text(f"{format_rules(rules)}\n\n{rules_verdict(rules)}\n")
     (run_dir / runfolder.SUMMARY).write_text(summary_text(model) + "\n")
     (run_dir / runfolder.RF_MD).write_text(format_rf_table(rf_rows) + "\n")
-    (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + "\n")
+    ramp = (f"\nAffine, CoarseDropout and ToGray: p rises linearly from 0 in epoch 1 to the p above in epoch "
+            f"{cfg.aug_ramp_epochs + 1} (--aug-ramp-epochs {cfg.aug_ramp_epochs})" if cfg.aug_ramp_epochs else "")
+    (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + ramp + "\n")
 
 
 def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:

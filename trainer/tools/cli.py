@@ -36,11 +36,12 @@ class Parser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Count:
-    """The argparse type of every count flag: a whole number of at least `least`; `zero` says what 0 means
-    where 0 is allowed."""
+    """The argparse type of every count flag: a whole number of at least `least` (and at most `most`, if set);
+    `zero` says what 0 means where 0 is allowed."""
 
     least: int = 1
     zero: str | None = None
+    most: int | None = None
 
     def __call__(self, text: str) -> int:
         try:
@@ -50,6 +51,8 @@ class Count:
         if n < self.least:
             meaning = f" ({self.zero})" if self.zero else ""
             raise argparse.ArgumentTypeError(f"{text}: must be {self.least}{meaning} or more")
+        if self.most is not None and n > self.most:
+            raise argparse.ArgumentTypeError(f"{text}: must be {self.most} or less")
         return n
 
 
@@ -101,6 +104,7 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
                         "metadata, the checkpoint's state.json or the run's config.yaml names; another is refused)")
 
 
+# size: the parsers of all twelve subcommands, each flag with its help and type, in one module
 def build_parser() -> Parser:
     """Every subcommand and flag; counts and output paths are checked here, before any work."""
     p = Parser(prog="s7", description=__doc__)
@@ -145,6 +149,9 @@ def _weights_commands(sub) -> None:
     _add_data_args(ev)
     ev.add_argument("--batch-size", type=positive_int, default=500,
                     help="test images per forward pass (default: %(default)s)")
+    ev.add_argument("--tta-shift", type=Count(0, "no shift TTA", 8), default=0, metavar="PX",
+                    help="also report shift TTA (flip pairs of the image and of copies moved by +-PX px; "
+                         "six passes); default: 0, none")
 
     pr = sub.add_parser("predict", help="class and probability for image files (any size, resized to 32x32 RGB)")
     _add_weights_args(pr)
@@ -262,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             return show_augment_command(args.data, args.data_dir, args.out, args.n, args.draws, args.seed)
         if args.command == "evaluate":
             from trainer.tools.evaluate import evaluate_command
-            return evaluate_command(args.checkpoint, args.data, args.data_dir, args.model, args.batch_size)
+            return evaluate_command(args.checkpoint, args.data, args.data_dir, args.model, args.batch_size,
+                                    args.tta_shift)
         if args.command == "predict":
             from trainer.tools.evaluate import predict_command
             return predict_command(args.checkpoint, args.images, args.model)

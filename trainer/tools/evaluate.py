@@ -12,7 +12,7 @@ import models  # noqa: F401  (registers the s7 nets)
 from models.nets import CIFAR10_MEAN, CIFAR10_STD
 from trainer.checkpoint import STATE_FILE, CheckpointError, load_weights
 from trainer.dataset import load_data
-from trainer.loop import normalize
+from trainer.loop import normalize, shift_tta, tta_logits
 from trainer.runfolder import LEGACY_WEIGHTS_DIR, WEIGHTS_DIR, confusion_matrix, model_meta, per_class_rows
 from trainer.tracking import weights_path
 
@@ -112,16 +112,16 @@ def logits_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch_
 
 
 @torch.no_grad()
-def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std,
-                    batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def predict_batches(model: torch.nn.Module, images: np.ndarray, mean, std, batch_size: int = 500,
+                    tta_shift: int = 0) -> tuple[np.ndarray, ...]:
     """Softmax probabilities of uint8 NHWC images, without and with flip TTA (one pass over each image and
-    one over its mirror serve both)."""
-    plain, tta = [], []
+    one over its mirror serve both), and with `tta_shift` > 0 a third array: with shift TTA (`tta_logits`)."""
+    parts = []
     for x in normalized_batches(images, mean, std, batch_size):
-        logits, mirrored = model(x), model(x.flip(3))
-        plain.append(logits.softmax(1).numpy())
-        tta.append(((logits + mirrored) / 2).softmax(1).numpy())
-    return np.concatenate(plain), np.concatenate(tta)
+        views = tta_logits(model, x, tta_shift)
+        logits = [views[0], (views[0] + views[1]) / 2] + ([shift_tta(*views)] if tta_shift else [])
+        parts.append([t.softmax(1).numpy() for t in logits])
+    return tuple(np.concatenate(kind) for kind in zip(*parts))
 
 
 def data_source(source: str, data: str | None) -> str:
@@ -137,14 +137,21 @@ def load_matching_data(path: str, meta: dict, data: str | None, data_dir: str):
     return d
 
 
-def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int) -> int:
-    """`s7 evaluate`: test accuracy without and with flip TTA, and per-class accuracy, of saved weights."""
+def evaluate_command(path: str, data: str | None, data_dir: str, model_name: str | None, batch_size: int,
+                     tta_shift: int = 0) -> int:
+    """`s7 evaluate`: test accuracy without and with flip TTA (and with shift TTA, given `tta_shift`), and
+    per-class accuracy, of saved weights."""
     model, meta = load_classifier(path, model_name)
     d = load_matching_data(path, meta, data, data_dir)
-    plain, tta = (p.argmax(1) for p in predict_batches(model, d.test_x, meta["mean"], meta["std"], batch_size))
+    plain, tta, *moved = (p.argmax(1) for p in predict_batches(model, d.test_x, meta["mean"], meta["std"],
+                                                                batch_size, tta_shift))
     n, right, right_tta = len(d.test_y), int((plain == d.test_y).sum()), int((tta == d.test_y).sum())
+    shift_txt = ""
+    if moved:
+        right_shift = int((moved[0] == d.test_y).sum())
+        shift_txt = f", with flip and ±{tta_shift} px shift TTA {100.0 * right_shift / n:.2f}% ({right_shift}/{n})"
     print(f"{meta['model']} on {d.source}: test accuracy {100.0 * right / n:.2f}% ({right}/{n}), "
-          f"with flip TTA {100.0 * right_tta / n:.2f}% ({right_tta}/{n})")
+          f"with flip TTA {100.0 * right_tta / n:.2f}% ({right_tta}/{n}){shift_txt}")
     print(per_class_markdown(plain, d.test_y, list(d.classes)))
     return 0
 

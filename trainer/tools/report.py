@@ -111,6 +111,9 @@ def results_table(res: dict[str, Any], data: str) -> str:
             ("rules", rules_label(res["rules_failed"])), ("epochs", str(res["epochs"])),
             ("final test accuracy, no TTA", pct(res["final_test_acc"])),
             ("final test accuracy, flip TTA", pct(res["final_test_acc_tta"]))]
+    if res["final_test_acc_tta_shift"] is not None:
+        rows.append((f"final test accuracy, flip and ±{cfg.get('tta_shift', '?')} px shift TTA",
+                     pct(res["final_test_acc_tta_shift"])))
     if has_val:
         rows += [("final val accuracy, no TTA", pct(res["final_val_acc"])),
                  ("final val accuracy, flip TTA", pct(res["final_val_acc_tta"]))]

@@ -23,6 +23,7 @@ def results_achieved(rows: list[dict], *, target_acc: float = 87.0, parameters: 
         "epochs": final["epoch"],
         "final_test_acc": final.get("test_acc"),
         "final_test_acc_tta": final.get("test_acc_tta"),
+        "final_test_acc_tta_shift": final.get("test_acc_tta_shift"),  # only runs with --tta-shift measure it
         "final_val_acc": final.get("val_acc"),
         "final_val_acc_tta": final.get("val_acc_tta"),
         "final_train_acc": final["train_acc"],  # running accuracy on augmented batches
