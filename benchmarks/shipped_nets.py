@@ -64,6 +64,8 @@ def main() -> int:
     p.add_argument("--data-dir", default="data", help="decoded cache folder (default data)")
     p.add_argument("--only", choices=("explain", "export", "robustness"), action="append",
                    help="run only these steps (repeatable; default all)")
+    p.add_argument("--net", choices=NETS, action="append",
+                   help="robustness of only these nets (repeatable; default all: after shipping new weights of some)")
     p.add_argument("--limit", type=int, default=0,
                    help="robustness on a fixed random subset of N test images (default 0: all 10,000)")
     args = p.parse_args()
@@ -81,7 +83,7 @@ def main() -> int:
         run(["export", weights["s7"], "--onnx", "results/export/s7.onnx", "--int8", *data],
             transcript=RESULTS / "export" / "s7.txt")
     if "robustness" in steps:
-        for net in NETS:
+        for net in args.net or NETS:
             run(["robustness", weights[net], *data, "--out", "results/robustness",
                  *(["--limit", str(args.limit)] if args.limit else [])])
     return 0

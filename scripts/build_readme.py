@@ -65,8 +65,16 @@ def block_stats() -> str:
     return "```\n$ s7 stats --data ../shared/data/cifar10-jpeg.tar.gz\n" + _shared_relative(out) + "\n```"
 
 
+ARCHIVE = RESULTS / "archive"  # runs whose weights no longer ship (older trainers, GPU runs), kept with their label
+
+
 def _runs() -> list[Path]:
-    return sorted(p for p in RESULTS.glob("*") if (p / "metrics.jsonl").is_file())
+    """The committed top-level runs, then the archived ones."""
+    return [p for folder in (RESULTS, ARCHIVE) for p in sorted(folder.glob("*")) if (p / "metrics.jsonl").is_file()]
+
+
+def _name(run: Path) -> str:
+    return run.relative_to(RESULTS).as_posix()  # "make-train-cpu", "archive/s7-long"
 
 
 def _info(run: Path) -> dict:
@@ -81,7 +89,7 @@ def block_results() -> str:
     from trainer.tools.report import pct_cell, reached_cell, rules_label, target_label
     from trainer.tools.results import run_results
 
-    results = {run.name: run_results(run) for run in _runs()}
+    results = {_name(run): run_results(run) for run in _runs()}
     if not results:
         return "(no committed results yet)"
     target = target_label(list(results.values()))
@@ -107,7 +115,7 @@ def block_speed() -> str:
     from trainer.tools.report import reached_cell, target_label
     from trainer.tools.results import run_results
 
-    timed = {run.name: (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
+    timed = {_name(run): (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
              for run in _runs() if (run / "time_to_accuracy.json").is_file()}
     target = target_label([res for _, res in timed.values()])
     lines = [f"| run | where | start-up s | training s (waiting for data) | evaluation s | {target} reached, no TTA | "
@@ -119,10 +127,10 @@ def block_speed() -> str:
         lines.append(f"| {name} | {_info(RESULTS / name).get('where', '?')} | {t['startup_seconds']:.1f} | "
                      f"{t['train_seconds']:.1f} ({t['data_wait_seconds']:.1f}) | {t['test_seconds']:.1f} | "
                      f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | {loader} | {step} |")
-    if "s7-default" in timed:
-        t, default = timed["s7-default"][0], timed["s7-default"][1]["rows"]
+    if "archive/s7-default" in timed:
+        t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])
-        lines += ["", f"In `s7-default` the loader ({t['loader_images_per_s']:,.0f} img/s) outruns the bare training "
+        lines += ["", f"In `archive/s7-default` (GPU) the loader ({t['loader_images_per_s']:,.0f} img/s) outruns the bare training "
                   f"step ({t['step_images_per_s']:,.0f} img/s) and the loop waited {t['data_wait_seconds']:.1f} s "
                   f"for data in {t['train_seconds']:.1f} s of training: at this model size the GPU step (kernel "
                   f"launches), not the albumentations workers, sets the pace. The first epoch took "
@@ -159,10 +167,11 @@ def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
 
 
 def block_targets() -> str:
-    """Issue 5's targets against the committed runs: final-epoch test accuracy, without and with flip TTA."""
+    """Issue 5's GPU targets against its runs (now archived but for s7_dilated's, which still ships): final-epoch
+    test accuracy, without and with flip TTA."""
     from trainer.tools.results import run_results
 
-    names = ("s7-long", "s7-default", "s7_dilated", "s7_strided")
+    names = ("archive/s7-long", "archive/s7-default", "s7_dilated", "archive/s7_strided")
     if not all((RESULTS / n / "metrics.jsonl").is_file() for n in names):
         return "(runs missing)"
     long_, default, dil, stri = (run_results(RESULTS / n)["rows"] for n in names)
@@ -210,17 +219,20 @@ def block_evaluate() -> str:
 
 
 def block_headline() -> str:
-    """The headline run's training log and plots, from results/s7-long."""
+    """The shipped s7's training log and plots, from the committed run its weights name."""
     from trainer.tools.report import log_table
-    from trainer.tools.results import run_results
+    from trainer.tools.results import run_results, shipped_run
 
-    run = RESULTS / "s7-long"
-    if not (run / "metrics.jsonl").is_file():
+    run = shipped_run(ROOT / "models/weights/s7.safetensors", ROOT)
+    if run is None or not (run / "metrics.jsonl").is_file():
         return "(no headline run committed)"
-    return ("![loss](results/s7-long/loss.png) ![accuracy](results/s7-long/accuracy.png)\n\n"
-            "Training log (every 5th epoch; the full log is in [results/s7-long/train.log]"
-            "(results/s7-long/train.log)):\n\n" + log_table(run_results(run)["rows"], every=5) +
-            "\n\n![misclassified](results/s7-long/misclassified.png)")
+    rel = run.relative_to(ROOT).as_posix()
+    rows = run_results(run)["rows"]
+    every = 5 if len(rows) > 30 else 1
+    return (f"![loss]({rel}/loss.png) ![accuracy]({rel}/accuracy.png)\n\n"
+            f"Training log ({'every 5th epoch' if every > 1 else 'every epoch'}; the full log is in "
+            f"[{rel}/train.log]({rel}/train.log)):\n\n" + log_table(rows, every=every) +
+            f"\n\n![misclassified]({rel}/misclassified.png)")
 
 
 def block_explain() -> str:

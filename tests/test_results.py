@@ -15,11 +15,10 @@ from safetensors.torch import load_file
 import models
 from trainer.runfolder import LEGACY_SELECTION
 from trainer.tools.report import build_report
-from trainer.tools.results import run_results
+from trainer.tools.results import run_results, shipped_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-RUN_OF = {"s7": "s7-long", "s7_strided": "s7_strided", "s7_dilated": "s7_dilated"}
 
 
 def test_readme_generated_blocks_match_the_committed_results():
@@ -61,9 +60,18 @@ def test_the_weights_statistics_are_those_of_the_training_split_they_came_from()
         assert meta["mean"] == pytest.approx(list(mean), abs=1e-6) and meta["std"] == pytest.approx(list(std), abs=1e-6)
 
 
-# The top-level runs made before issue 8 (their config still has tta_flip); later ones are read like the ablations.
-RUNS = sorted(p.name for p in (ROOT / "results").iterdir() if (p / "metrics.jsonl").is_file()
-              and "tta_flip" in yaml.safe_load((p / "config.yaml").read_text()))
+# The top-level and archived runs made before issue 8 (their config still has tta_flip); later ones are read like
+# the ablations.
+RUNS = sorted(p.relative_to(ROOT / "results").as_posix()
+              for folder in (ROOT / "results", ROOT / "results" / "archive") for p in folder.iterdir()
+              if (p / "metrics.jsonl").is_file() and "tta_flip" in yaml.safe_load((p / "config.yaml").read_text()))
+
+
+def test_every_shipped_net_names_a_committed_run_of_its_own_net():
+    for name in models.MODEL_NAMES:
+        run = shipped_run(ROOT / f"models/weights/{name}.safetensors", ROOT)
+        assert run is not None and run.parent in (ROOT / "results", ROOT / "results" / "archive"), (name, run)
+        assert run_results(run)["config"]["model"] == name
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -84,10 +92,10 @@ def test_each_committed_run_reads_as_what_it_measured(run):
 
 @pytest.mark.parametrize("run", RUNS)
 def test_each_committed_run_rebuilds_an_honest_report(run, tmp_path):
-    folder = shutil.copytree(ROOT / "results" / run, tmp_path / run)
+    folder = shutil.copytree(ROOT / "results" / run, tmp_path / Path(run).name)
     res = build_report(folder)
     report = (folder / "report.md").read_text().split("## train.log")[0]  # the old train.log says "best test"
-    assert report.splitlines()[0] == f"# Report: {run} — rules: not checked"
+    assert report.splitlines()[0] == f"# Report: {folder.name} — rules: not checked"
     assert "best test accuracy" not in report
     assert f"| final test accuracy, flip TTA | {res['final_test_acc_tta']:.2f}% |" in report
     assert "| final test accuracy, no TTA | not measured |" in report
@@ -104,7 +112,7 @@ def test_shipped_weights_reproduce_the_runs_test_accuracy(name, tmp_path_factory
                             None, 500) == 0
     line = capsys.readouterr().out.splitlines()[0]
     plain, tta = (float(v) for v in re.search(r"test accuracy ([\d.]+)% .*with flip TTA ([\d.]+)%", line).groups())
-    res = run_results(ROOT / "results" / RUN_OF[name])
+    res = run_results(shipped_run(ROOT / f"models/weights/{name}.safetensors", ROOT))
     for measured, logged in ((plain, res["selected_test_acc"]), (tta, res["selected_test_acc_tta"])):
         if logged is not None:  # runs before issue 8 logged the flip-TTA figure only
             assert abs(measured - logged) <= 0.15  # the run measured in bf16 on a GPU, this in fp32 on the CPU

@@ -76,3 +76,12 @@ def run_results(run_dir: Path) -> dict[str, Any]:
                            selected=selected, selected_by=selected_by)
     rules_md = (run_dir / RULES_MD).read_text().rstrip() if (run_dir / RULES_MD).is_file() else None
     return {**res, "rows": rows, "config": cfg, "meta": meta, "facts": facts, "rules_md": rules_md}
+
+
+def shipped_run(weights: Path, root: Path) -> Path | None:
+    """The committed run folder shipped weights came from: their metadata's "run", relative to the repository
+    `root` (written by scripts/ship_weights.py); None when the file names none."""
+    from trainer.checkpoint import load_weights
+
+    run = load_weights(Path(weights))[1].get("run")
+    return Path(root) / run if run else None

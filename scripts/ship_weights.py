@@ -1,0 +1,63 @@
+"""Make a run's shipped weights the net's `models/weights/<model>.safetensors` (what
+`timm.create_model(name, pretrained=True)` loads), stamped with the committed copy of the run they came from
+("run", which the README builder and the tests read) and the dataset named as the README names it.
+
+    .venv/bin/python scripts/ship_weights.py runs/NAME results/NAME --data-label "JPEG q75 copy of CIFAR-10 (../shared/data/cifar10-jpeg.tar.gz)"
+
+results/ holds run folders less their weights, so the weights come from the run folder itself; refused unless
+the committed copy lies under results/ with the same metrics rows and ships the same epoch. Then rerun
+`make shipped-results`.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def ship(run: Path, committed: Path, data_label: str, weights_dir: Path) -> Path:
+    """Copy RUN/model/model.safetensors to weights_dir/<model>.safetensors with meta "run" (the committed copy)
+    and "data" set."""
+    import timm
+
+    import models  # noqa: F401  (registers the nets)
+    from trainer.checkpoint import load_weights, save_weights
+    from trainer.runfolder import WEIGHTS_DIR
+    from trainer.tools.results import run_results
+
+    try:
+        relative = committed.resolve().relative_to(ROOT / "results")
+    except ValueError:
+        raise SystemExit(f"error: {committed}: not a run folder under {ROOT / 'results'}") from None
+    state, meta = load_weights(run / WEIGHTS_DIR / "model.safetensors")
+    live, copy = run_results(run), run_results(committed)  # each refuses a model/ the selection rule did not ship
+    if live["rows"] != copy["rows"] or meta.get("epoch") != copy["selected_epoch"]:
+        raise SystemExit(f"error: {committed} is not a copy of {run} (other metrics rows or shipped epoch)")
+    meta = {**meta, "run": f"results/{relative.as_posix()}", "data": data_label}
+    model = timm.create_model(meta["model"], num_classes=len(meta["classes"]))
+    model.load_state_dict(state)
+    target = weights_dir / f"{meta['model']}.safetensors"
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights(model, Path(tmp), meta)
+        shutil.move(str(Path(tmp) / "model.safetensors"), str(target))
+    return target
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="the run folder, with its model/ weights")
+    p.add_argument("committed", type=Path, help="its committed copy, results/<name>")
+    p.add_argument("--data-label", required=True, help="the dataset as the README names it")
+    p.add_argument("--weights-dir", type=Path, default=ROOT / "models" / "weights")
+    args = p.parse_args()
+    print(f"shipped {ship(args.run, args.committed, args.data_label, args.weights_dir)} from {args.run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
