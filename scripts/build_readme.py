@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -127,6 +128,16 @@ def block_speed() -> str:
         lines.append(f"| {name} | {_info(RESULTS / name).get('where', '?')} | {t['startup_seconds']:.1f} | "
                      f"{t['train_seconds']:.1f} ({t['data_wait_seconds']:.1f}) | {t['test_seconds']:.1f} | "
                      f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | {loader} | {step} |")
+    for name, (t, res) in timed.items():
+        if "step_images_per_s" not in t:
+            continue
+        later = res["rows"][1:] or res["rows"]
+        loop = statistics.median(r["images_per_second"] for r in later)
+        whole = statistics.median(r["images_per_second"] * r["train_seconds"] / r["epoch_seconds"] for r in later)
+        lines += ["", f"In `{name}` the training loop ran at {loop:,.0f} img/s, "
+                  f"{100 * loop / t['step_images_per_s']:.0f} % of the bare step; the whole epoch, the test pass "
+                  f"(with and without flip TTA) included, at {whole:,.0f} img/s, "
+                  f"{100 * whole / t['step_images_per_s']:.0f} % (medians of the epochs after the first)."]
     if "archive/s7-default" in timed:
         t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])
