@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def ship(run: Path, committed: Path, data_label: str, weights_dir: Path) -> Path:
-    """Copy RUN/model/model.safetensors to weights_dir/<model>.safetensors with meta "run" (the committed copy)
-    and "data" set."""
+def ship(run: Path, committed: Path, data_label: str, weights_dir: Path, results: Path = ROOT / "results") -> Path:
+    """Copy RUN/model/model.safetensors to weights_dir/<model>.safetensors with meta "run" (the committed copy,
+    as results/<name> under the repository's `results` folder) and "data" set."""
     import timm
 
     import models  # noqa: F401  (registers the nets)
@@ -31,9 +31,9 @@ def ship(run: Path, committed: Path, data_label: str, weights_dir: Path) -> Path
     from trainer.tools.results import run_results
 
     try:
-        relative = committed.resolve().relative_to(ROOT / "results")
+        relative = committed.resolve().relative_to(results.resolve())
     except ValueError:
-        raise SystemExit(f"error: {committed}: not a run folder under {ROOT / 'results'}") from None
+        raise SystemExit(f"error: {committed}: not a run folder under {results}") from None
     state, meta = load_weights(run / WEIGHTS_DIR / "model.safetensors")
     live, copy = run_results(run), run_results(committed)  # each refuses a model/ the selection rule did not ship
     if live["rows"] != copy["rows"] or meta.get("epoch") != copy["selected_epoch"]:
