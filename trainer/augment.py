@@ -93,7 +93,8 @@ def ramped_probabilities(probabilities: dict[str, float], ramp_epochs: int, epoc
 
 def set_probabilities(transform: A.BaseCompose, probabilities: dict[str, float]) -> None:
     """Give each transform of `build_train_transform`'s pipeline its probability from `probabilities`
-    (flip_p, ssr_p, dropout_p, gray_p); draws nothing, so the random streams are untouched."""
+    (flip_p, ssr_p, dropout_p, gray_p; other keys, such as the ranges, are ignored); draws nothing, so the random
+    streams are untouched."""
     for t in transform.transforms:
         name = _PROBABILITY_OF.get(type(t))
         if name in probabilities:

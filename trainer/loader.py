@@ -163,8 +163,7 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: Any = None) 
     mark("statistics")
     transform = build_train_transform(mean, **cfg.augment_kwargs())
     rank = accelerator.process_index
-    probabilities = {k: v for k, v in cfg.augment_kwargs().items() if k.endswith("_p")}
-    schedule = partial(ramped_probabilities, probabilities, cfg.aug_ramp_epochs) if cfg.aug_ramp_epochs else None
+    schedule = partial(ramped_probabilities, cfg.augment_kwargs(), cfg.aug_ramp_epochs) if cfg.aug_ramp_epochs else None
     train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank, schedule=schedule)
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
