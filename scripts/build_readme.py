@@ -134,9 +134,11 @@ def block_speed() -> str:
         later = res["rows"][1:] or res["rows"]
         loop = statistics.median(r["images_per_second"] for r in later)
         whole = statistics.median(r["images_per_second"] * r["train_seconds"] / r["epoch_seconds"] for r in later)
+        passes = ("with and without flip TTA" if all(r.get("test_acc_tta") is not None for r in res["rows"])
+                  else "flip TTA after the final epoch only")
         lines += ["", f"In `{name}` the training loop ran at {loop:,.0f} img/s, "
                   f"{100 * loop / t['step_images_per_s']:.0f} % of the bare step; the whole epoch, the test pass "
-                  f"(with and without flip TTA) included, at {whole:,.0f} img/s, "
+                  f"({passes}) included, at {whole:,.0f} img/s, "
                   f"{100 * whole / t['step_images_per_s']:.0f} % (medians of the epochs after the first)."]
     if "archive/s7-default" in timed:
         t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]

@@ -90,3 +90,39 @@ def test_a_nan_step_is_caught_on_the_device_and_named_after_the_epoch(monkeypatc
     with pytest.raises(NonFiniteLoss, match="non-finite loss at epoch 1, step 2 "):
         tiny_epoch(6, poisoned)
     assert len(steps) == 6  # found at the end of the epoch, from the flag kept on the device
+
+
+# ---------------------------------------------------------------- the test pass: one forward per image unless TTA
+
+from trainer.loop import validate  # noqa: E402
+
+
+def counted_net_and_split(seed: int = 0):
+    """A small eval-mode net that counts the images it is fed, and a split of 3 uint8 batches of 7."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    fed = []
+    net.register_forward_pre_hook(lambda module, args: fed.append(len(args[0])))
+    g = torch.Generator().manual_seed(seed)
+    split = [(torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8, generator=g),
+              torch.randint(0, 3, (7,), generator=g)) for _ in range(3)]
+    return net, split, fed
+
+
+def test_without_flip_the_pass_feeds_each_image_once_and_its_figures_match_a_recount():
+    net, split, fed = counted_net_and_split()
+    mean, std = [120.0] * 3, [60.0] * 3
+    plain = validate(Accelerator(cpu=True), net, split, mean, std, channels_last=False, flip=False)
+    assert sum(fed) == 21 and plain.loss_tta is None and plain.accuracy_tta is None
+    fed.clear()
+    both = validate(Accelerator(cpu=True), net, split, mean, std, channels_last=False)
+    assert sum(fed) == 42  # the mirror is the second pass that flip=False spares
+    with torch.no_grad():
+        x = torch.cat([normalize(b, mean, std) for b, _ in split])
+        y = torch.cat([t for _, t in split])
+        logits = net(x)
+        tta = (logits + net(x.flip(3))) / 2
+    for result in (plain, both):  # the plain figures do not depend on whether the mirrors were measured
+        assert result.accuracy == pytest.approx(100.0 * (logits.argmax(1) == y).double().mean().item())
+        assert result.loss == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert both.accuracy_tta == pytest.approx(100.0 * (tta.argmax(1) == y).double().mean().item())

@@ -6,6 +6,8 @@ compiles the net with a C++ compiler)."""
 from __future__ import annotations
 
 import json
+import platform
+import resource
 import subprocess
 from pathlib import Path
 from unittest import mock
@@ -72,13 +74,42 @@ def test_batch_size_and_the_scaled_peak_lr_are_what_the_steps_use(data, tmp_path
 
 
 def test_threads_cudnn_benchmark_and_asynchronous_copies_are_set_for_the_steps(data, tmp_path, torch_globals):
-    seen = probed(data, tmp_path, "on", "--threads", "1", "--cudnn-benchmark", "true", "--non-blocking", "true")
+    seen = probed(data, tmp_path, "on", "--threads", "1", "--cudnn-benchmark", "true", "--non-blocking", "true",
+                  "--keep-freed-memory", "false")
     assert (seen["threads"], seen["cudnn_benchmark"], seen["non_blocking"]) == (1, True, True)
+    assert "host memory: allocator left as it is (--keep-freed-memory false)" in (tmp_path / "on/train.log").read_text()
     torch.set_num_threads(2)
     seen = probed(data, tmp_path, "off")
     assert (seen["threads"], seen["cudnn_benchmark"], seen["non_blocking"]) == (2, False, False)  # as before
+    if platform.libc_ver()[0] == "glibc":
+        assert "host memory: glibc malloc keeps freed memory" in (tmp_path / "off/train.log").read_text()
     assert seen["compiled"] is False and seen["autocast"] is False  # eager, and fp32 as the smoke recipe says
     assert seen["conv_output_dtype"] == "torch.float32"
+
+
+FAULTS = """
+import resource, sys
+import torch
+if sys.argv[1] == "keep":
+    from trainer.memory import keep_freed_memory
+    keep_freed_memory()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for step in range(30):
+    if step == 20:  # by now the heap has grown to hold the block wherever the aligned request falls: count
+        before = faults()
+    block = torch.ones(16_000_000)  # 64 MB: above glibc's largest mmap threshold, as a step's activations are
+    del block
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator is left alone outside glibc")
+def test_kept_freed_memory_spares_the_page_faults_of_reallocating_a_large_block():
+    faults = {mode: int(subprocess.run([PYTHON, "-c", FAULTS, mode], cwd=REPO, env=sub_env(), capture_output=True,
+                                       text=True, timeout=120, check=True).stdout) for mode in ("default", "keep")}
+    pages = 10 * 64_000_000 // resource.getpagesize()
+    assert faults["default"] > 0.9 * pages, faults  # every block mapped afresh and faulted in page by page
+    assert faults["keep"] < 0.05 * pages, faults  # the freed block is reused where it lies
 
 
 def probed_in_own_process(data, tmp_path, name: str, precision: str) -> dict:

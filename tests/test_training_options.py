@@ -13,7 +13,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from runs import PYTHON, REPO, assert_same_metrics, flags, sub_env, train_in_process, train_until_interrupted
+from runs import (PYTHON, REPO, assert_same_metrics, flags, results_table, sub_env, train_in_process,
+                  train_until_interrupted)
 from trainer.tools import cli
 from trainer.dataset import split_validation
 from trainer.loop import train_one_epoch
@@ -140,6 +141,30 @@ def test_without_validation_the_final_epoch_ships_with_both_test_figures(weak_ru
     plain, tta = evaluated(capsys, weak_run, data)  # a second code path counts both figures again
     assert plain == pytest.approx(rows[-1]["test_acc"], abs=0.01)
     assert tta == pytest.approx(rows[-1]["test_acc_tta"], abs=0.01)
+
+
+def test_flip_tta_is_measured_after_the_final_epoch_only_unless_every_epoch_is_asked(weak_run, data, tmp_path):
+    rows = read_metrics(weak_run)
+    assert [(r["test_acc_tta"], r["test_loss_tta"]) for r in rows[:-1]] == [(None, None)]
+    assert rows[-1]["test_acc_tta"] is not None and rows[-1]["test_loss_tta"] is not None
+    log = (weak_run / "train.log").read_text()
+    assert "epoch   1/2" in log and "flip TTA" not in log.split("epoch   1/2", 1)[1].split("\n", 1)[0]
+    report = (weak_run / "report.md").read_text()
+    assert reached_row(report).endswith("(measured at the final epoch only)")
+    assert "flip TTA after the final epoch only; – = not measured" in report  # the log table's legend
+    every = tmp_path / "every"
+    assert train_in_process(flags(data, tmp_path, "every", "--lr", "0.05", "--tta-every-epoch", "true",
+                                  epochs=2)) == 0
+    again = read_metrics(every)
+    assert all(r["test_acc_tta"] is not None and r["test_loss_tta"] is not None for r in again)
+    assert_same_metrics(rows, again)  # the extra pass measures; it changes nothing the run learns or reports
+    assert again[-1]["test_acc_tta"] == pytest.approx(rows[-1]["test_acc_tta"])
+    report = (every / "report.md").read_text()
+    assert "final epoch only" not in reached_row(report) and "final epoch only" not in report
+
+
+def reached_row(report_md: str) -> str:
+    return results_table(report_md)["87% test accuracy first reached, flip TTA"]
 
 
 # ---------------------------------------------------------------- defaults the smoke recipe turns off

@@ -76,9 +76,13 @@ def test_wandb_history_holds_every_epoch_namespaced_with_the_metrics_jsonl_value
     assert [r["epoch"] for r in rows] == [1, 2]
     history = epoch_history(offline_run)
     assert [h["epoch"] for h in history] == [r["epoch"] for r in rows]  # one epoch row per epoch
+    assert rows[0]["test_acc_tta"] is None and rows[1]["test_acc_tta"] is not None  # flip TTA: final epoch only
     for row, h in zip(rows, history):
         for key, name in NAMESPACED.items():
-            assert h[name] == pytest.approx(row[key], rel=1e-12), (row["epoch"], key)
+            if row[key] is None:
+                assert name not in h, (row["epoch"], key)  # not measured: left out, not logged as a value
+            else:
+                assert h[name] == pytest.approx(row[key], rel=1e-12), (row["epoch"], key)
         assert not set(row) & set(h) - {"epoch"}  # no flat metrics.jsonl names left
 
 
@@ -94,7 +98,7 @@ def test_epoch_metrics_are_defined_against_epoch_and_keep_best_and_last_accuracy
     rows = read_metrics(offline_run)
     for key in ("test_acc", "test_acc_tta", "train_acc"):
         name = NAMESPACED[key]
-        assert summary[name]["max"] == pytest.approx(max(r[key] for r in rows)), key
+        assert summary[name]["max"] == pytest.approx(max(r[key] for r in rows if r[key] is not None)), key
         assert summary[name]["last"] == pytest.approx(rows[-1][key]), key
     assert summary["train/loss"]["last"] == pytest.approx(rows[-1]["train_loss"])
     assert summary["speed/images_per_second"]["last"] == pytest.approx(rows[-1]["images_per_second"])

@@ -73,6 +73,9 @@ class TrainConfig:
     tta_shift: int = _opt(0, ">0: after the final epoch, also measure test accuracy over the flip pair of the image "
                              "(half the weight) and of copies shifted by +N and -N px on both axes (a quarter "
                              "each; reflected border): six passes, logged beside the plain and flip-TTA figures")
+    tta_every_epoch: bool = _opt(False, "true: measure flip TTA on the test (and validation) split after every epoch; "
+                                        "false: after the final epoch only, where the headline figures come from, "
+                                        "which spares every other epoch a second pass over the split")
     aug_ramp_epochs: int = _opt(0, ">0: the shift-scale-rotate, hole and grayscale probabilities rise linearly "
                                    "from 0 in epoch 1 to their set values in epoch N+1 (the flip stays as set); "
                                    "0 = the set values throughout")
@@ -103,6 +106,9 @@ class TrainConfig:
                                         "(as before) until benchmarks/gpu_speed.py has measured it")
     non_blocking: bool = _opt(False, "copy batches to the GPU asynchronously from pinned memory, so the host never "
                                      "waits for a copy (GPU only); off (as before) until measured")
+    keep_freed_memory: bool = _opt(True, "Linux (glibc): malloc keeps freed memory for reuse instead of an mmap and "
+                                         "a page-fault storm per large tensor per step (trainer/memory.py); the "
+                                         "process then holds its peak memory until it ends. false = glibc's default")
     threads: int = _opt(0, "torch intra-op threads of each training process; 0 = torch's default (the cores)")
     out: str = _opt("runs", "folder that holds run folders")
     name: str = _opt("", "run folder name; default <model>-<recipe>-<timestamp>")

@@ -37,8 +37,8 @@ class EvalResult:
 
     loss: float  # plain cross-entropy, no label smoothing
     accuracy: float  # percent
-    loss_tta: float
-    accuracy_tta: float
+    loss_tta: float | None  # flip TTA; None when the pass skipped the mirrors (validate(flip=False))
+    accuracy_tta: float | None
     images: int
     seconds: float
     predictions: torch.Tensor  # plain (no TTA) arg-max
@@ -190,9 +190,12 @@ def shift_tta(plain: torch.Tensor, mirrored: torch.Tensor, moved: torch.Tensor) 
 
 @torch.no_grad()
 def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last: bool = True,
-             progress: bool = False, desc: str = "test", tta_shift: int = 0) -> EvalResult:
-    """Plain cross-entropy and accuracy of a whole split, without and with flip TTA (the image's and its
-    mirror's mean logits) and, with `tta_shift`, with shift TTA; `gather_for_metrics` counts each image once."""
+             progress: bool = False, desc: str = "test", flip: bool = True, tta_shift: int = 0) -> EvalResult:
+    """Plain cross-entropy and accuracy of a whole split, with `flip` also with flip TTA (the image's and its
+    mirror's mean logits: a second pass) and, with `tta_shift`, with shift TTA; `gather_for_metrics` counts each
+    image once."""
+    if tta_shift and not flip:
+        raise ValueError("shift TTA is built on the flip pairs: tta_shift needs flip=True")
     model.eval()
     start = time.perf_counter()
     mean, std = pixel_stats(mean, std, accelerator.device)
@@ -201,24 +204,28 @@ def validate(accelerator, model: nn.Module, loader, mean, std, *, channels_last:
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         x = prepare_batch(x, mean, std, channels_last)
         with accelerator.autocast():
-            logits = tta_logits(model, x, tta_shift)
+            logits = tta_logits(model, x, tta_shift) if flip else (model(x).float(),)
         *logits, y = accelerator.gather_for_metrics((*logits, y))
         views.append([t.cpu() for t in logits])
         labels.append(y.cpu())
-    logits, mirrored, *moved = (torch.cat(v) for v in zip(*views))
+    logits, *others = (torch.cat(v) for v in zip(*views))
+    mirrored, moved = (others + [None, None])[:2]
     lab = torch.cat(labels)
-    tta = (logits + mirrored) / 2
     p = logits.softmax(1)
     pred = p.argmax(1)
-    shift = shift_tta(logits, mirrored, moved[0]) if moved else None
-    return EvalResult(
-        loss=nn.functional.cross_entropy(logits, lab).item(), accuracy=100.0 * (pred == lab).double().mean().item(),
-        loss_tta=nn.functional.cross_entropy(tta, lab).item(),
-        accuracy_tta=100.0 * (tta.argmax(1) == lab).double().mean().item(),
-        images=len(lab), seconds=time.perf_counter() - start, predictions=pred, labels=lab,
-        probabilities=p.max(1).values,
-        loss_shift=nn.functional.cross_entropy(shift, lab).item() if moved else None,
-        accuracy_shift=100.0 * (shift.argmax(1) == lab).double().mean().item() if moved else None)
+
+    def figures(view: torch.Tensor | None) -> tuple[float | None, float | None]:
+        if view is None:
+            return None, None
+        return (nn.functional.cross_entropy(view, lab).item(),
+                100.0 * (view.argmax(1) == lab).double().mean().item())
+
+    tta = (logits + mirrored) / 2 if mirrored is not None else None
+    (loss, accuracy), (loss_tta, accuracy_tta) = figures(logits), figures(tta)
+    loss_shift, accuracy_shift = figures(shift_tta(logits, mirrored, moved) if moved is not None else None)
+    return EvalResult(loss=loss, accuracy=accuracy, loss_tta=loss_tta, accuracy_tta=accuracy_tta, images=len(lab),
+                      seconds=time.perf_counter() - start, predictions=pred, labels=lab,
+                      probabilities=p.max(1).values, loss_shift=loss_shift, accuracy_shift=accuracy_shift)
 
 
 def epoch_row(epoch: int, tr: EpochResult, te: EvalResult, va: EvalResult | None, wall: float) -> dict:

@@ -28,6 +28,7 @@ from trainer.config import RunError, TrainConfig, resolve, resume_hint
 from trainer.dataset import DataError
 from trainer.loader import Inputs, build_inputs
 from trainer.loop import EvalResult, NonFiniteLoss, epoch_row, train_one_epoch, validate
+from trainer.memory import keep_freed_memory
 from trainer.optim import compile_model, make_optimizer, make_scheduler
 from trainer.precision import accelerator_and_precision
 from trainer.runstart import build_model, check_model_name, claim_run_dir, log_header, write_run_files
@@ -67,6 +68,7 @@ class Job:
     started: float  # wall-clock origin of this process's share of `wall_seconds`
     startup: StartupClock | None = None  # until the first training step of this launch is timed
     precision_reason: str = ""  # why the run computes in cfg.mixed_precision (resolve_precision)
+    allocator: str = ""  # what trainer.memory did to the host allocator, for train.log
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -99,6 +101,7 @@ def setup(cfg: TrainConfig) -> Job:
     clock.mark("imports", at=IMPORTED)  # the interpreter and the imports
     clock.mark("config")  # reading the flags and the recipe (in process, also whatever ran there before)
     check_model_name(cfg.model)
+    allocator = keep_freed_memory() if cfg.keep_freed_memory else "allocator left as it is (--keep-freed-memory false)"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -142,7 +145,7 @@ def setup(cfg: TrainConfig) -> Job:
               torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), state,
               start_epoch=state.get("epoch", 0) + 1, rows=rows,
               started=time.time() if cfg.resume else process_start(),
-              startup=clock, precision_reason=precision_reason)
+              startup=clock, precision_reason=precision_reason, allocator=allocator)
     log_header(job, n_params, rf, rules)
     if not cfg.resume:
         checkpoint.save_checkpoint(accelerator, run_dir / "checkpoints", 0, state, ema)
@@ -164,10 +167,11 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
                          on_step=tracking.step_logger(acc, cfg, (epoch - 1) * steps, cfg.epochs * steps))
     if job.startup is not None:
         record_startup(job, tr)
-    evaluate = dict(channels_last=cfg.channels_last, progress=progress)
+    final = epoch == cfg.epochs
+    evaluate = dict(channels_last=cfg.channels_last, progress=progress, flip=final or cfg.tta_every_epoch)
     va = validate(acc, job.eval_model, inp.val_loader, inp.mean, inp.std, desc="val", **evaluate) \
         if inp.val_loader is not None else None
-    shift = cfg.tta_shift if epoch == cfg.epochs else 0  # six passes: the final epoch's headline only
+    shift = cfg.tta_shift if final else 0  # six passes: the final epoch's headline only
     te = validate(acc, job.eval_model, inp.test_loader, inp.mean, inp.std, tta_shift=shift, **evaluate)
     if not math.isfinite(te.loss):
         raise NonFiniteLoss(f"non-finite test loss after epoch {epoch} (train loss {tr.loss:.4g}); "
@@ -179,8 +183,9 @@ def run_epoch(job: Job, epoch: int, progress: bool) -> dict:
     acc.log(tracking.epoch_values(row))  # namespaced, against `epoch` (tracking.init_wandb)
     val_txt = f"val acc {va.accuracy:6.2f}% | " if va else ""
     shift_txt = f", shift TTA {te.accuracy_shift:6.2f}%" if te.accuracy_shift is not None else ""
+    tta_txt = f" (flip TTA {te.accuracy_tta:6.2f}%{shift_txt})" if te.accuracy_tta is not None else ""
     job.log.line(f"epoch {epoch:3d}/{cfg.epochs} train loss {tr.loss:.4f} acc {tr.accuracy:6.2f}% | {val_txt}"
-                 f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}% (flip TTA {te.accuracy_tta:6.2f}%{shift_txt}) | "
+                 f"test loss {te.loss:.4f} acc {te.accuracy:6.2f}%{tta_txt} | "
                  f"lr {tr.lr:.4f} | {row['epoch_seconds']:.1f}s {row['images_per_second']:.0f} img/s | "
                  f"wall {wall:.1f}s")
     if acc.is_main_process and runfolder.selected_row(job.rows)["epoch"] == epoch:

@@ -127,7 +127,8 @@ def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
              f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
-             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process")
+             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process; host memory: "
+             f"{job.allocator or 'allocator left as it is'}")
     log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
              f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"
              + (f" from --base-batch-size {cfg.base_batch_size})" if cfg.lr_scaling != "none" else ")"))

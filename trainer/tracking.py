@@ -82,8 +82,9 @@ def wandb_key(column: str) -> str:
 
 
 def epoch_values(row: dict[str, Any]) -> dict[str, Any]:
-    """One metrics.jsonl row as a W&B row: `epoch` (the x-axis of every epoch metric) and namespaced keys."""
-    return {("epoch" if k == "epoch" else wandb_key(k)): v for k, v in row.items()}
+    """One metrics.jsonl row as a W&B row: `epoch` (the x-axis of every epoch metric) and namespaced keys; a
+    figure the epoch did not measure (None) is left out rather than logged as a gap."""
+    return {("epoch" if k == "epoch" else wandb_key(k)): v for k, v in row.items() if v is not None}
 
 
 def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str | None:

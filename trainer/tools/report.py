@@ -46,7 +46,7 @@ def _predictions_kind(pred: dict[str, np.ndarray], row: dict) -> str:
 
 LOG_LEGEND = ("train: label-smoothed loss and running accuracy on augmented batches; test and val: plain "
               "cross-entropy and accuracy, without TTA and with flip TTA (mean logits of the image and its "
-              "mirror); – = not measured.")
+              "mirror){tta_when}; – = not measured.")
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -92,16 +92,21 @@ def log_table(rows: list[dict], every: int = 1) -> str:
     kept = [r for r in rows if every == 1 or r["epoch"] % every == 0 or r["epoch"] == 1 or r is rows[-1]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_num(r.get(key), fmt) for _, key, fmt in cols) + " |" for r in kept]
-    return LOG_LEGEND + "\n\n" + "\n".join(lines)
+    some = {r.get("test_acc_tta") is not None for r in rows} == {True, False}
+    legend = LOG_LEGEND.format(tta_when=", flip TTA after the final epoch only" if some else "")
+    return legend + "\n\n" + "\n".join(lines)
 
 
-def _reached(res: dict[str, Any], suffix: str, measured: bool) -> str:
+def _reached(res: dict[str, Any], suffix: str, measured: bool, every_epoch: bool = True) -> str:
+    """The first epoch at the target; a figure measured at some epochs only says so, since an epoch it skipped
+    may have been the first."""
     epoch = res["epoch_to_target" + suffix]
     if not measured:
         return NOT_MEASURED
+    only = "" if every_epoch else " (measured at the final epoch only)"
     if not epoch:
-        return "not reached"
-    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s wall from process start"
+        return "not reached" + only
+    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s wall from process start" + only
 
 
 def results_table(res: dict[str, Any], data: str) -> str:
@@ -126,7 +131,8 @@ def results_table(res: dict[str, Any], data: str) -> str:
                  ("shipped weights' val accuracy, flip TTA", pct(res["selected_val_acc_tta"]))]
     target = f"{res['target_acc']:g}% test accuracy first reached"
     rows += [(f"{target}, no TTA", _reached(res, "", res["final_test_acc"] is not None)),
-             (f"{target}, flip TTA", _reached(res, "_tta", res["final_test_acc_tta"] is not None)),
+             (f"{target}, flip TTA", _reached(res, "_tta", res["final_test_acc_tta"] is not None,
+                                              res.get("tta_every_epoch", True))),
              ("total parameters", f"{res['parameters']:,}" if res["parameters"] else "?"),
              ("receptive field", str(res["receptive_field"]))]
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
