@@ -12,7 +12,7 @@ training loop, median of the epochs after the first), startup_seconds and startu
 end of the first training step, from RUN/startup.json), device, precision, batch_size, compile, channels_last
 and the other speed options as the run used them. --throughput adds, measured in this process after the run:
 step_images_per_s (the bare training step on a device-resident batch, with the run's layout, precision, batch
-size and compile mode) and loader_images_per_s (the run's training loader, with its workers).
+size, compile mode and host allocator) and loader_images_per_s (the run's training loader, with its workers).
 --device cpu hides any GPU from the run and from these measurements (CUDA_VISIBLE_DEVICES="").
 
 On a GPU machine without albumentations/torchinfo, install the wheels first (see benchmarks/README.md).
@@ -242,11 +242,14 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
 
     from trainer.config import TrainConfig
     from trainer.loader import build_inputs, resolve_workers
+    from trainer.memory import keep_freed_memory
     from trainer.precision import make_accelerator, resolve_precision
 
     cfg = TrainConfig.load(run_dir / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:  # the allocator as the run had it: the bare step is measured on equal terms
+        keep_freed_memory()
     inp = build_inputs(cfg, make_accelerator(cfg))  # the run's own data, statistics, augmentation and loader
     loader_ips = loader_speed(inp.train_loader, batches)
     del inp.train_loader

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 from runs import Data, cached_run, shared_data
+from trainer.memory import keep_freed_memory
 from trainer.runfolder import read_metrics
+
+keep_freed_memory()  # as every training and `s7` process sets it: the first in-process run would, for the rest
 
 
 @pytest.fixture(scope="session")

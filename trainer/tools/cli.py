@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from trainer.memory import keep_freed_memory
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 OUTPUTS = Path("outputs")  # default home of the tools' outputs, git-ignored
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, trainer_flags = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     try:
         args = parse_args(argv)
+        keep_freed_memory()  # the tools' inference over 10,000 images frees and reallocates large blocks too
         if args.command == "check":
             from trainer.tools.check import check_command
             return check_command(args.model)
