@@ -180,11 +180,11 @@ def _first_passes(rows: list[dict], target: float) -> list[tuple[str, dict]]:
 
 
 def block_targets() -> str:
-    """Issue 5's GPU targets against its runs (now archived but for s7_dilated's, which still ships): final-epoch
-    test accuracy, without and with flip TTA."""
+    """Issue 5's GPU targets against its runs (all now archived): final-epoch test accuracy, without and with
+    flip TTA."""
     from trainer.tools.results import run_results
 
-    names = ("archive/s7-long", "archive/s7-default", "s7_dilated", "archive/s7_strided")
+    names = ("archive/s7-long", "archive/s7-default", "archive/s7_dilated", "archive/s7_strided")
     if not all((RESULTS / n / "metrics.jsonl").is_file() for n in names):
         return "(runs missing)"
     long_, default, dil, stri = (run_results(RESULTS / n)["rows"] for n in names)
@@ -380,13 +380,34 @@ def draw_compare_figure() -> None:
         plot_curves([summarize(p) for p in runs], COMPARE_PNG, [str(p.relative_to(RESULTS)) for p in runs])
 
 
+def block_allocator() -> str:
+    """`--keep-freed-memory` against glibc's default, from benchmarks/allocator_speed.py's committed JSON."""
+    path = RESULTS / "allocator-cpu" / "allocator.json"
+    if not path.is_file():
+        return "(not measured: run benchmarks/allocator_speed.py)"
+    res = json.loads(path.read_text())
+    med = res["medians"]
+    nets = list(dict.fromkeys(key.split("/")[0] for key in med))
+    lines = [f"{res['where']}; the bare training step of each net's recipe (benchmarks/allocator_speed.py, "
+             f"[allocator.json](results/allocator-cpu/allocator.json)):", "",
+             "| net | allocator | step img/s | page faults / step | kernel s / step | peak RSS MiB |", "|---" * 6 + "|"]
+    for net in nets:
+        for mode, label in (("default", "glibc's default"), ("keep", "`--keep-freed-memory true`")):
+            m = med[f"{net}/{mode}"]
+            lines.append(f"| {net} | {label} | {m['images_per_s']:,.0f} | {m['page_faults_per_step']:,.0f} | "
+                         f"{m['kernel_seconds_per_step']:.3f} | {m['peak_rss_mib']:,.0f} |")
+    ratios = ", ".join(f"{net} {med[f'{net}/keep']['images_per_s'] / med[f'{net}/default']['images_per_s']:.2f}x"
+                       for net in nets)
+    return "\n".join(lines + ["", f"Step speed with the setting against without: {ratios}."])
+
+
 BLOCKS = {"rules": block_rules, "summary": block_summary, "augment": block_augment, "stats": block_stats,
           "results": block_results, "speed": block_speed, "headline": block_headline,
           "targets": block_targets, "evaluate": block_evaluate, "explain": block_explain, "export": block_export,
           "robustness": block_robustness, "speed_options": block_speed_options,
-          "compare": block_compare}
+          "compare": block_compare, "allocator": block_allocator}
 REPO_ONLY = ("rules", "summary", "augment", "results", "speed", "headline", "targets", "explain", "export",
-             "robustness", "speed_options", "compare")
+             "robustness", "speed_options", "compare", "allocator")
 
 
 def render(text: str, names) -> str:
