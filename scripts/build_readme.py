@@ -134,8 +134,10 @@ def block_speed() -> str:
         later = res["rows"][1:] or res["rows"]
         loop = statistics.median(r["images_per_second"] for r in later)
         whole = statistics.median(r["images_per_second"] * r["train_seconds"] / r["epoch_seconds"] for r in later)
-        passes = ("with and without flip TTA" if all(r.get("test_acc_tta") is not None for r in res["rows"])
-                  else "flip TTA after the final epoch only")
+        from trainer.runfolder import tta_at_some_epochs_only
+
+        passes = ("flip TTA after the final epoch only" if tta_at_some_epochs_only(res["rows"])
+                  else "with and without flip TTA")
         lines += ["", f"In `{name}` the training loop ran at {loop:,.0f} img/s, "
                   f"{100 * loop / t['step_images_per_s']:.0f} % of the bare step; the whole epoch, the test pass "
                   f"({passes}) included, at {whole:,.0f} img/s, "

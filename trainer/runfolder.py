@@ -109,6 +109,11 @@ def selection_rule(row: dict) -> str:
     return "best val_acc" if row.get("val_acc") is not None else "final epoch"
 
 
+def tta_at_some_epochs_only(rows: list[dict]) -> bool:
+    """True when flip TTA was measured at some epochs but not all (--tta-every-epoch false: the final one only)."""
+    return {r.get("test_acc_tta") is not None for r in rows} == {True, False}
+
+
 def first_row_reaching(rows: list[dict], target: float, key: str = "test_acc_tta") -> dict | None:
     """The first epoch whose `key` is at least `target` (rows where it was not measured never count)."""
     return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.runfolder import METRICS, read_predictions
+from trainer.runfolder import METRICS, read_predictions, tta_at_some_epochs_only
 from trainer.text import counted
 from trainer.tools.evaluate import per_class_markdown
 from trainer.tools.plots import ACC_LINES, LOSS_LINES, misclassified_png, plot
@@ -92,7 +92,7 @@ def log_table(rows: list[dict], every: int = 1) -> str:
     kept = [r for r in rows if every == 1 or r["epoch"] % every == 0 or r["epoch"] == 1 or r is rows[-1]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_num(r.get(key), fmt) for _, key, fmt in cols) + " |" for r in kept]
-    some = {r.get("test_acc_tta") is not None for r in rows} == {True, False}
+    some = tta_at_some_epochs_only(rows)
     legend = LOG_LEGEND.format(tta_when=", flip TTA after the final epoch only" if some else "")
     return legend + "\n\n" + "\n".join(lines)
 
@@ -132,7 +132,7 @@ def results_table(res: dict[str, Any], data: str) -> str:
     target = f"{res['target_acc']:g}% test accuracy first reached"
     rows += [(f"{target}, no TTA", _reached(res, "", res["final_test_acc"] is not None)),
              (f"{target}, flip TTA", _reached(res, "_tta", res["final_test_acc_tta"] is not None,
-                                              res.get("tta_every_epoch", True))),
+                                              not tta_at_some_epochs_only(res.get("rows", [])))),
              ("total parameters", f"{res['parameters']:,}" if res["parameters"] else "?"),
              ("receptive field", str(res["receptive_field"]))]
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])

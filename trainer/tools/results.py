@@ -38,8 +38,6 @@ def results_achieved(rows: list[dict], *, target_acc: float = 87.0, parameters: 
         "seconds_to_target": hit["wall_seconds"] if hit else None,
         "epoch_to_target_tta": hit_tta["epoch"] if hit_tta else None,
         "seconds_to_target_tta": hit_tta["wall_seconds"] if hit_tta else None,
-        # False when flip TTA was measured at some epochs only (--tta-every-epoch false: the final one)
-        "tta_every_epoch": all(r.get("test_acc_tta") is not None for r in rows),
         "parameters": parameters,
         "receptive_field": receptive_field,
         "rules_failed": rules_failed,
