@@ -98,6 +98,24 @@ def test_sigterm_mid_run_exits_130_and_resumes_from_the_last_saved_epoch(data, t
     assert saved_epoch(run) == 4
 
 
+def test_a_signal_right_after_an_epochs_checkpoint_names_that_epoch_as_saved(data, tmp_path, capsys, monkeypatch):
+    """The window the SIGTERM test can hit by chance, made certain: the interrupt lands once epoch 1's
+    checkpoint is written, before its loop iteration ends."""
+    real = checkpoint.save_checkpoint
+
+    def save_then_interrupt(accelerator, ckpt_root, epoch, *args, **kwargs):
+        target = real(accelerator, ckpt_root, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return target
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_interrupt)
+    assert train_in_process(flags(data, tmp_path, "window", "--train-subset", "300", epochs=3)) == 130
+    out = capsys.readouterr().out
+    assert "interrupted (SIGINT) during epoch 2; the state after epoch 1 is saved" in out
+    assert saved_epoch(tmp_path / "window") == 1
+
+
 def test_resume_of_a_folder_without_checkpoint_is_a_clear_error(baseline, tmp_path, capsys):
     run = copy_run(baseline, tmp_path / "nockpt")
     import shutil

@@ -246,7 +246,6 @@ def train(cfg: TrainConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a script's background job starts with it ignored
         signal.signal(sig, _raise_interrupt)
     progress = job.accelerator.is_main_process and sys.stderr.isatty()  # tqdm bars on a terminal only
-    epoch = job.start_epoch - 1
     try:
         for epoch in range(job.start_epoch, cfg.epochs + 1):
             run_epoch(job, epoch, progress)
@@ -255,17 +254,24 @@ def train(cfg: TrainConfig) -> int:
         job.accelerator.end_training()
         return 3
     except KeyboardInterrupt as e:
-        return _interrupted(job, epoch, str(e) if isinstance(e, Interrupted) else "SIGINT")
+        return _interrupted(job, str(e) if isinstance(e, Interrupted) else "SIGINT")
     if job.accelerator.is_main_process:
         finish(job)
     job.accelerator.end_training()
     return 0
 
 
-def _interrupted(job: Job, epoch: int, why: str) -> int:
-    """The last completed epoch is already on disk (written atomically); say how to continue."""
+def _interrupted(job: Job, why: str) -> int:
+    """The last completed epoch is already on disk (written atomically); say which, and how to continue. The
+    epoch is read back from the checkpoint: a signal landing after an epoch's checkpoint but before its loop
+    iteration ends would otherwise be reported one epoch short."""
     ckpts = job.run_dir / "checkpoints"
-    job.log.line(f"interrupted ({why}) during epoch {epoch}; the state after epoch {epoch - 1} is saved in {ckpts}")
+    try:
+        saved = int(checkpoint.read_state(checkpoint.latest_checkpoint(job.run_dir))["epoch"])
+    except (checkpoint.CheckpointError, OSError, ValueError, KeyError):
+        saved = 0
+    kept = f"the state after epoch {saved} is saved in {ckpts}" if saved else "no epoch has been saved yet"
+    job.log.line(f"interrupted ({why}) during epoch {saved + 1}; {kept}")
     job.log.line(resume_hint(str(job.run_dir), job.accelerator.num_processes))
     try:
         job.accelerator.end_training()
