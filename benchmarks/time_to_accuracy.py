@@ -167,11 +167,10 @@ def autocast_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps: int = 50,
-               warmup: int = 10) -> dict:
-    """Images/s of the bare training step of cfg's net, as the loop runs it on a device-resident uint8 batch
-    (normalise, layout, autocast forward and loss, backward, optimizer step; fp16 with a grad scaler), with cfg's
-    --channels-last, --compile and --cudnn-benchmark; the first warm-up step's seconds include the compile."""
+def bare_step(cfg, device, mean, std, precision: str, num_classes: int):
+    """The bare training step of cfg's net as the loop runs it, as a function of a uint8 NCHW batch and its labels
+    on `device` (normalise, layout, autocast forward and loss, backward, optimizer step; fp16 with a grad scaler),
+    with cfg's --channels-last, --compile and --cudnn-benchmark; the net is left in training mode."""
     import timm
     import torch
 
@@ -179,7 +178,6 @@ def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps
     from trainer.loop import pixel_stats, prepare_batch
     from trainer.optim import compile_model, make_optimizer
 
-    device = x8.device
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     torch.manual_seed(cfg.seed)
     model = timm.create_model(cfg.model, num_classes=num_classes).to(device)
@@ -192,7 +190,7 @@ def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps
     crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     mean_t, std_t = pixel_stats(mean, std, device)
 
-    def step():
+    def step(x8, y) -> None:
         x = prepare_batch(x8, mean_t, std_t, cfg.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = crit(step_model(x), y)
@@ -205,22 +203,35 @@ def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps
             scaler.update()
         opt.zero_grad(set_to_none=True)
 
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     model.train()
+    return step
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CPU work is done when a call returns)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps: int = 50,
+               warmup: int = 10) -> dict:
+    """Images/s of `bare_step` on a device-resident uint8 batch; the first warm-up step's seconds include the
+    compile."""
+    device = x8.device
+    step = bare_step(cfg, device, mean, std, precision, num_classes)
     t = time.perf_counter()
-    step()
-    synchronize()
+    step(x8, y)
+    synchronize(device)
     first = time.perf_counter() - t
     for _ in range(max(warmup - 1, 0)):
-        step()
-    synchronize()
+        step(x8, y)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(steps):
-        step()
-    synchronize()
+        step(x8, y)
+    synchronize(device)
     return {"step_images_per_s": steps * len(y) / (time.perf_counter() - t), "first_step_seconds": first}
 
 
@@ -241,7 +252,7 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.loader import build_inputs, resolve_workers
+    from trainer.loader import build_inputs
     from trainer.memory import keep_freed_memory
     from trainer.precision import make_accelerator, resolve_precision
 
@@ -251,7 +262,7 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     if cfg.keep_freed_memory:  # the allocator as the run had it: the bare step is measured on equal terms
         keep_freed_memory()
     inp = build_inputs(cfg, make_accelerator(cfg))  # the run's own data, statistics, augmentation and loader
-    loader_ips = loader_speed(inp.train_loader, batches)
+    loader_ips, workers = loader_speed(inp.train_loader, batches), inp.train_loader.num_workers
     del inp.train_loader
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x8 = torch.from_numpy(inp.data.train_x[:cfg.batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
@@ -259,7 +270,7 @@ def measure_throughput(run_dir: Path, batches: int = 60, warmup: int = 10) -> di
     prec, _ = resolve_precision(cfg.mixed_precision)  # the run's config.yaml holds the precision it ran
     step = step_speed(cfg, x8, y, inp.mean, inp.std, prec, len(inp.data.classes), steps=batches,
                       warmup=warmup)
-    out = {"loader_workers": resolve_workers(cfg.workers), "loader_images_per_s": loader_ips,
+    out = {"loader_workers": workers, "loader_images_per_s": loader_ips,
            "step_images_per_s": step["step_images_per_s"], "precision": prec, "batch_size": cfg.batch_size,
            "device": device_name(device)}
     print(f"\nthroughput: loader {loader_ips:,.0f} img/s ({out['loader_workers']} workers) | "

@@ -403,13 +403,35 @@ def block_allocator() -> str:
     return "\n".join(lines + ["", f"Step speed with the setting against without: {ratios}."])
 
 
+def block_loader_workers() -> str:
+    """The step fed by 0, 1 and 2 loader workers against the bare step, from benchmarks/loader_workers.py's JSON."""
+    path = RESULTS / "loader-workers-cpu" / "loader_workers.json"
+    if not path.is_file():
+        return "(not measured: run benchmarks/loader_workers.py)"
+    from trainer.text import counted
+
+    res = json.loads(path.read_text())
+    counts = list(res["median_ratio"])
+    lines = [f"{res['where']}; `{res['model']}`'s recipe, batch {res['batch_size']}, {res['precision']}, "
+             f"{res['threads']} torch threads, {res['steps']} steps per measurement, {len(res['rounds'])} rounds "
+             f"(benchmarks/loader_workers.py, [loader_workers.json](results/loader-workers-cpu/loader_workers.json)):",
+             "", "| round | bare step img/s (before / after) | "
+             + " | ".join(f"{counted(int(w), 'loader worker')}: img/s (% of the bare step)" for w in counts) + " |",
+             "|---" * (2 + len(counts)) + "|"]
+    for i, rd in enumerate(res["rounds"], 1):
+        lines.append(f"| {i} | {rd['bare_before']:,.0f} / {rd['bare_after']:,.0f} | "
+                     + " | ".join(f"{rd['fed'][w]:,.0f} ({100 * rd['ratio'][w]:.1f} %)" for w in counts) + " |")
+    lines.append("| median | | " + " | ".join(f"{100 * res['median_ratio'][w]:.1f} %" for w in counts) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"rules": block_rules, "summary": block_summary, "augment": block_augment, "stats": block_stats,
           "results": block_results, "speed": block_speed, "headline": block_headline,
           "targets": block_targets, "evaluate": block_evaluate, "explain": block_explain, "export": block_export,
           "robustness": block_robustness, "speed_options": block_speed_options,
-          "compare": block_compare, "allocator": block_allocator}
+          "compare": block_compare, "allocator": block_allocator, "loader_workers": block_loader_workers}
 REPO_ONLY = ("rules", "summary", "augment", "results", "speed", "headline", "targets", "explain", "export",
-             "robustness", "speed_options", "compare", "allocator")
+             "robustness", "speed_options", "compare", "allocator", "loader_workers")
 
 
 def render(text: str, names) -> str:

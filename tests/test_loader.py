@@ -122,32 +122,42 @@ def machine(monkeypatch, cores: int, usable: int, local_world_size: int | None) 
 
 def test_all_workers_split_the_cores_among_the_local_processes(monkeypatch):
     machine(monkeypatch, cores=16, usable=16, local_world_size=8)
-    assert resolve_workers(-1) == 1  # 16 cores / 8 ranks, one core of each share for the rank itself
+    assert resolve_workers(-1, "cuda") == 1  # 16 cores / 8 ranks, one core of each share for the rank itself
     machine(monkeypatch, cores=16, usable=16, local_world_size=None)
-    assert resolve_workers(-1) == 15
+    assert resolve_workers(-1, "cuda") == 15
 
 
 def test_all_workers_count_only_the_cores_in_the_affinity_mask(monkeypatch):
     machine(monkeypatch, cores=64, usable=4, local_world_size=None)
-    assert resolve_workers(-1) == 3
+    assert resolve_workers(-1, "cuda") == 3
     machine(monkeypatch, cores=64, usable=4, local_world_size=1)
-    assert resolve_workers(-1) == 3
+    assert resolve_workers(-1, "cuda") == 3
 
 
 def test_all_workers_fall_back_to_cpu_count_without_an_affinity_mask(monkeypatch):
     machine(monkeypatch, cores=12, usable=12, local_world_size=2)
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
-    assert resolve_workers(-1) == 5
+    assert resolve_workers(-1, "cuda") == 5
 
 
 def test_all_workers_is_zero_when_ranks_outnumber_the_cores(monkeypatch):
     machine(monkeypatch, cores=2, usable=2, local_world_size=4)
-    assert resolve_workers(-1) == 0
+    assert resolve_workers(-1, "cuda") == 0
+
+
+def test_automatic_workers_on_the_cpu_augment_in_the_training_process(monkeypatch):
+    machine(monkeypatch, cores=16, usable=16, local_world_size=None)
+    assert resolve_workers(-1, "cpu") == 0 and resolve_workers(-1, "cuda") == 15
+
+
+def test_make_loader_wants_a_resolved_worker_count():
+    with pytest.raises(ValueError, match="resolve_workers"):
+        make_loader(AugmentedDataset(*images()), 16, shuffle=False, workers=-1)
 
 
 def test_an_explicit_worker_count_is_kept(monkeypatch):
     machine(monkeypatch, cores=16, usable=4, local_world_size=8)
-    assert [resolve_workers(n) for n in (0, 1, 3, 32)] == [0, 1, 3, 32]
+    assert [resolve_workers(n, d) for d in ("cuda", "cpu") for n in (0, 1, 3, 32)] == [0, 1, 3, 32] * 2
 
 
 def test_worker_init_uses_one_thread():

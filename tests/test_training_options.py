@@ -184,6 +184,15 @@ def test_forked_persistent_workers_resume_to_the_same_figures(data, tmp_path):
     assert_same_metrics(read_metrics(tmp_path / "w-cut"), read_metrics(full))
 
 
+def test_augmenting_in_the_training_process_trains_as_one_worker_does(data, tmp_path):
+    """What makes 0 the safe automatic count on the CPU: the same shuffle orders (Accelerate's seedable sampler,
+    from seed and epoch) and augmentation streams (worker id 0 either way), so runs that had the old automatic
+    single worker on a 2-core machine are reproduced."""
+    one = quick_run(data, tmp_path, "w-one", "--workers", "1", epochs=3)
+    none = quick_run(data, tmp_path, "w-none", "--workers", "0", epochs=3)
+    assert_same_metrics(read_metrics(none), read_metrics(one))
+
+
 def test_bf16_autocast_trains_on_the_cpu(data, tmp_path):
     # its own process: Accelerate's precision is fixed once per process
     argv = flags(data, tmp_path, "bf16", *QUICK, "--mixed-precision", "bf16", epochs=3)

@@ -91,8 +91,9 @@ class TrainConfig:
     gray_p: float = _opt(0.05, "probability of grayscale (three equal channels)")
     # machinery
     seed: int = _opt(0, "seeds init, shuffle order and augmentation streams")
-    workers: int = _opt(-1, "loader worker processes per process; -1 = the usable CPU cores shared among this "
-                            "machine's processes, one core each kept for training")
+    workers: int = _opt(-1, "loader worker processes per process; -1 = automatic: none when training on the CPU "
+                            "(its threads use every core; batches are augmented between steps), else the usable "
+                            "CPU cores shared among this machine's processes, one core each kept for training")
     mixed_precision: str = _opt("auto", "autocast dtype: auto (bf16 on GPUs that have it, else fp16; on the CPU "
                                         "bf16 where it is native (AVX512-BF16 or AMX), else fp32), no (fp32), fp16 "
                                         "(GPU only, with a grad scaler) or bf16")

@@ -92,14 +92,20 @@ def local_processes() -> int:
     return max(int(os.environ.get("LOCAL_WORLD_SIZE") or 1), 1)
 
 
-def resolve_workers(workers: int) -> int:
-    """Loader workers of this process: `workers` as given, or for -1 this process's share of the usable cores.
+def resolve_workers(workers: int, device_type: str) -> int:
+    """Loader workers of a training process on a `device_type` device: `workers` as given, or for -1 (automatic):
 
-    -1 splits the usable cores among the local processes and keeps one core of each share for the training
-    process itself (at least 0), so 8 ranks on 16 cores start 8 workers in all, not 8 x 15.
+    - on the CPU, 0: the step's torch threads already use every core, so a worker process beside them only takes
+      cores from the step (s7's recipe on a 2-core Xeon: the step fed by the loader at 93.5 % of the bare step
+      augmenting in the training process, 90.1 % with one worker; results/loader-workers-cpu), and its streams
+      are those of one worker, so the figures stay the same;
+    - elsewhere, this process's share of the usable cores less one core kept for the process itself (at least 0),
+      so 8 ranks on 16 cores start 8 workers in all, not 8 x 15.
     """
     if workers >= 0:
         return workers
+    if device_type == "cpu":
+        return 0
     return max(usable_cores() // local_processes() - 1, 0)
 
 
@@ -113,8 +119,10 @@ def make_loader(
     pin_memory: bool = False,
     seed: int = 0,
 ) -> DataLoader:
-    """Plain DataLoader: persistent forked workers when workers > 0, shuffle order from a generator seeded by seed."""
-    workers = resolve_workers(workers)
+    """Plain DataLoader: persistent forked workers when workers > 0 (a count, as `resolve_workers` gives), shuffle
+    order from a generator seeded by seed."""
+    if workers < 0:
+        raise ValueError(f"workers must be a count (0 or more; resolve -1 with resolve_workers), not {workers}")
     extra = {}
     if workers > 0:
         extra = dict(persistent_workers=True, prefetch_factor=4, worker_init_fn=worker_init_fn)
@@ -166,7 +174,8 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: Any = None) 
     schedule = partial(ramped_probabilities, cfg.augment_kwargs(), cfg.aug_ramp_epochs) if cfg.aug_ramp_epochs else None
     train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank, schedule=schedule)
     pin = accelerator.device.type == "cuda"
-    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, drop_last=True,
+    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True,
+                               workers=resolve_workers(cfg.workers, accelerator.device.type), drop_last=True,
                                pin_memory=pin, seed=cfg.seed)
 
     def eval_loader(x: np.ndarray, y: np.ndarray) -> DataLoader:

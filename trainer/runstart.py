@@ -19,7 +19,6 @@ from models.rules import check_model, format_rules, required_transitions, summar
 from trainer import runfolder
 from trainer.augment import describe_pipeline
 from trainer.config import RunError, TrainConfig
-from trainer.loader import resolve_workers
 from trainer.precision import device_name
 from trainer.startup import cpu_epoch_estimate
 from trainer.text import counted
@@ -116,6 +115,12 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rul
     (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + ramp + "\n")
 
 
+def loader_words(workers: int) -> str:
+    """How the training batches are augmented, for the speed line."""
+    return (f"{counted(workers, 'loader worker')} per process" if workers
+            else "augmentation in the training process (no loader workers)")
+
+
 def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
     """The run's first lines: net, rules, devices and precision, speed options, lr, data, run folder."""
     cfg, acc, inp, log = job.cfg, job.accelerator, job.inp, job.log
@@ -127,7 +132,7 @@ def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
              f"{acc.distributed_type}, precision {acc.mixed_precision} ({job.precision_reason})")
     log.line(f"speed: compile {cfg.compile}, channels_last {cfg.channels_last}, cudnn.benchmark "
              f"{torch.backends.cudnn.benchmark}, non_blocking {cfg.non_blocking}, {torch.get_num_threads()} torch "
-             f"threads, {counted(resolve_workers(cfg.workers), 'loader worker')} per process; host memory: "
+             f"threads, {loader_words(inp.train_loader.num_workers)}; host memory: "
              f"{job.allocator or 'allocator left as it is'}")
     log.line(f"lr: peak {job.state['peak_lr']:.6g} for a global batch of {job.state['global_batch_size']} "
              f"({cfg.batch_size} x {acc.num_processes} processes; --lr {cfg.lr:g}, --lr-scaling {cfg.lr_scaling}"

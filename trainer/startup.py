@@ -10,7 +10,6 @@ import psutil
 import torch
 
 from trainer import runfolder
-from trainer.loader import resolve_workers
 from trainer.precision import device_name
 from trainer.loop import EpochResult
 from trainer.text import counted
@@ -88,7 +87,7 @@ def record_startup(job: Any, tr: EpochResult) -> None:
            # what the run used, as resolved on this machine
            "device": device_name(acc),
            "processes": acc.num_processes, "precision": acc.mixed_precision, "peak_lr": job.state["peak_lr"],
-           "workers": resolve_workers(cfg.workers), "threads": torch.get_num_threads()}
+           "workers": job.inp.train_loader.num_workers, "threads": torch.get_num_threads()}
     if acc.is_main_process:
         runfolder.write_atomic(job.run_dir / runfolder.STARTUP, json.dumps(out, indent=1) + "\n")
     job.log.line(f"start-up: {out['seconds']:.1f} s from process start to the end of the first step ("
