@@ -161,3 +161,15 @@ def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
     text = " ".join(build_parser().format_help().split())
     assert "held fixed unless --cycle-momentum is true" in text
     assert "--cycle-momentum" in text and "--base-momentum" in text and "--max-momentum" in text
+
+
+def test_the_short_recipe_is_the_recipe_of_the_committed_run_it_cites():
+    """configs/s7_short.yaml quotes results/ablations/a12-s7-lightaug's figures: every training field must be what
+    that run trained with (the run adds only where it ran: data, folders, names, the precision auto chose)."""
+    run = TrainConfig.load(REPO / "results" / "ablations" / "a12-s7-lightaug" / "config.yaml")
+    short = resolve(["--config", str(REPO / "configs" / "s7_short.yaml")])
+    where = {"recipe", "data", "data_dir", "out", "name", "resume", "wandb_mode", "mixed_precision"}
+    differ = {f.name: (getattr(short, f.name), getattr(run, f.name)) for f in dataclasses.fields(TrainConfig)
+              if f.name not in where and getattr(short, f.name) != getattr(run, f.name)}
+    assert differ == {}
+    assert (run.mixed_precision, short.mixed_precision) == ("bf16", "auto")  # what auto chose on that CPU
