@@ -207,18 +207,12 @@ def bare_step(cfg, device, mean, std, precision: str, num_classes: int):
     return step
 
 
-def synchronize(device) -> None:
-    """Wait for the device's queued work (CPU work is done when a call returns)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step_speed(cfg, x8, y, mean, std, precision: str, num_classes: int, *, steps: int = 50,
                warmup: int = 10) -> dict:
     """Images/s of `bare_step` on a device-resident uint8 batch; the first warm-up step's seconds include the
     compile."""
+    from trainer.loop import synchronize
+
     device = x8.device
     step = bare_step(cfg, device, mean, std, precision, num_classes)
     t = time.perf_counter()

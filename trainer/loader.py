@@ -96,8 +96,7 @@ def resolve_workers(workers: int, device_type: str) -> int:
     """Loader workers of a training process on a `device_type` device: `workers` as given, or for -1 (automatic):
 
     - on the CPU, 0: the step's torch threads already use every core, so a worker process beside them only takes
-      cores from the step (s7's recipe on a 2-core Xeon: the step fed by the loader at 93.5 % of the bare step
-      augmenting in the training process, 90.1 % with one worker; results/loader-workers-cpu), and its streams
+      cores from the step (measured by benchmarks/loader_workers.py, results/loader-workers-cpu), and its streams
       are those of one worker, so the figures stay the same;
     - elsewhere, this process's share of the usable cores less one core kept for the process itself (at least 0),
       so 8 ranks on 16 cores start 8 workers in all, not 8 x 15.

@@ -69,7 +69,7 @@ def prepare_batch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tens
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, to time a step (CPU work is done when the call returns)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -141,7 +141,7 @@ def train_one_epoch(accelerator, model: nn.Module, loader, optimizer, scheduler,
         totals[1] += (logits.detach().argmax(1) == y).sum()
         totals[2] += y.numel()
         if step < 2:
-            _synchronize(device)
+            synchronize(device)
             timed.append(time.perf_counter())
         fetch_start = time.perf_counter()
     bad_step = int(accelerator.reduce(first_bad, "max"))  # any rank's first bad step
