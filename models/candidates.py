@@ -105,7 +105,7 @@ def build_c(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, in
     transition to two DS residual blocks at 8x8 (w3, the first one's second conv dilated)."""
     w1, w2, w3 = widths
     return S7Net(
-        c1=ConvBNAct(in_chans, w1),                                         # 32x32: 1 full conv
+        c1=nn.Sequential(ConvBNAct(in_chans, w1)),                          # 32x32: 1 full conv (c1.0.0 the first conv)
         t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
         c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
         t2=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS (widening)
