@@ -15,7 +15,8 @@ plain (non-residual) 3x3 stride-2 convs, a 1x1 conv to the classes before GAP an
   depthwise-separable transition to two depthwise-separable residual blocks at 8x8 (the first dilated). About
   1.3x candidate A's bf16 training speed on this CPU, its parameters where the CPU runs them fastest.
 - `s7_cand_d` (issue 16): candidate A at widths the CPU's bf16 tiles like (32, 32, 104 against 24, 38, 96): more
-  multiply-adds (33.4M against 28.3M), fewer parameters (95,162), yet about 1.16x A's training speed here.
+  multiply-adds (33.4M against 28.3M), fewer parameters (95,162), yet about 1.16x A's training speed here. It
+  became `s7` (2026-12-05); the name stays registered, the same builder, for the runs made under it.
 - `s7_cand_a_strided`, `s7_cand_a_dilated`: candidate A's idea (full convs where the maps are large and the
   channels few, depthwise-separable where they are small and many) under `s7_strided`'s rule (three 3x3
   stride-2 transitions) and `s7_dilated`'s (no stride: unpadded dilated transitions 32 -> 28 -> 20 -> 4).
@@ -35,7 +36,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net
+from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net, build_full_front, build_s7
 from models.registry import register
 
 
@@ -73,18 +74,8 @@ class GatedMixBlock(nn.Module):
 
 
 def build_a(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (24, 38, 96)) -> S7Net:
-    """Full 3x3 convs at 32x32 (w1) and 16x16 (w2, the last two dilated), a DS transition to a DS block at 8x8 (w3)."""
-    w1, w2, w3 = widths
-    return S7Net(
-        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
-        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
-        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
-        t2=nn.Identity(),                                                   # 16x16 kept
-        c3=BasicBlock(w2, dilation=2),                                      # 16x16: 2 full convs, dilation 2
-        t3=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS (widening, where full is dear)
-        c4=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
-        head=OutputHead(w3, num_classes),
-    )
+    """`s7`'s layout (models.nets.build_full_front) at candidate A's widths."""
+    return build_full_front(num_classes, in_chans, widths)
 
 
 def build_b(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (32, 64, 86)) -> S7Net:
@@ -181,8 +172,8 @@ def s7_cand_c(pretrained: bool = False, **kwargs) -> S7Net:
 
 @register(None)
 def s7_cand_d(pretrained: bool = False, **kwargs) -> S7Net:
-    """Candidate D: candidate A at widths 32, 32, 104 (fast bf16 tiles on the CPU)."""
-    return build_model_with_cfg(build_a, "s7_cand_d", pretrained, widths=(32, 32, 104), **kwargs)
+    """Candidate D: candidate A at widths 32, 32, 104 (fast bf16 tiles on the CPU); `s7` since 2026-12-05."""
+    return build_model_with_cfg(build_s7, "s7_cand_d", pretrained, **kwargs)
 
 
 @register("strided")

@@ -2,8 +2,12 @@
 
 - `s7_strided`: transitions are 3x3 stride-2 (depthwise-separable) convs: 32 -> 16 -> 8 -> 4.
 - `s7_dilated`: no stride anywhere; transitions are unpadded dilated convs: 32 -> 28 -> 20 -> 4.
-- `s7`: the headline net: two stride-2 transitions, then a padded dilated transition that keeps
-  C4 at 8x8 (more spatial detail for the last block at no parameter cost).
+- `s7`: the headline net, built for accuracy per CPU-second (issue 16): full 3x3 convs at 32x32 and 16x16 (cheap in
+  parameters there, and fast on a CPU's bf16 tiles), a depthwise-separable transition to 8x8 and a
+  depthwise-separable residual block there. It learns as much per epoch as `s7_v1` at about twice its training
+  speed on a 2-core CPU (benchmarks/ablations.md, a12-d-lightaug against a12-s7-lightaug).
+- `s7_v1`: `s7` until 2026-12-05 (two stride-2 transitions, a padded dilated third; depthwise-separable
+  residual blocks throughout), kept so the runs archived under results/archive/ still build their net.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
-from models.blocks import ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
 from models.registry import register
 
 # Per-channel mean and std of the original CIFAR-10 training split, 0-1 scale (pixel units / 255): the
@@ -24,7 +28,8 @@ CIFAR10_MEAN = (125.307 / 255, 122.950 / 255, 113.865 / 255)
 CIFAR10_STD = (62.993 / 255, 62.089 / 255, 66.705 / 255)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WIDTHS = (32, 64, 96, 128)  # channels of C1..C4, sized to stay under 100k parameters
+WIDTHS = (32, 64, 96, 128)  # channels of C1..C4 of s7_strided, s7_dilated and s7_v1, sized to stay under 100k parameters
+S7_WIDTHS = (32, 32, 104)  # s7: the 32x32 and 16x16 full convs, then the 8x8 depthwise-separable block
 
 
 class S7Net(nn.Module):
@@ -100,10 +105,31 @@ def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, .
     )
 
 
-def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+def build_s7_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
     """As `build_strided`, but T3 is dilated, not strided: C4 stays at 8x8 and the RF grows."""
     return _strided_pair(num_classes, in_chans, widths,
                          lambda: DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
+
+
+def build_full_front(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = S7_WIDTHS) -> S7Net:
+    """Full 3x3 convs at 32x32 (w1) and 16x16 (w2; the last two dilated), then a depthwise-separable stride-2
+    transition widening to w3 at 8x8 and a depthwise-separable residual block there (its second conv dilated).
+    A full 3x3 conv costs 9*w^2 parameters, affordable only where the channels are few; at 8x8, where they are
+    many, the depthwise-separable convs hold the width."""
+    w1, w2, w3 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
+        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
+        t2=nn.Identity(),                                                   # 16x16 kept
+        c3=BasicBlock(w2, dilation=2),                                      # 16x16: 2 full convs, dilation 2
+        t3=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS (widening)
+        c4=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
+        head=OutputHead(w3, num_classes),
+    )
+
+
+build_s7 = build_full_front
 
 
 def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -136,6 +162,7 @@ default_cfgs = generate_default_cfgs({
     "s7.cifar10": _cfg("s7"),
     "s7_strided.cifar10": _cfg("s7_strided"),
     "s7_dilated.cifar10": _cfg("s7_dilated"),
+    "s7_v1.untrained": {k: v for k, v in _cfg("s7_v1").items() if k != "file"},
 })
 
 
@@ -150,7 +177,7 @@ def _create(variant: str, builder, pretrained: bool, **kwargs) -> S7Net:
 
 @register(None, shipped=True)
 def s7(pretrained: bool = False, **kwargs) -> S7Net:
-    """Headline net: strided, strided, dilated transitions; C4 at 8x8."""
+    """Headline net: full convs at 32x32 and 16x16, a depthwise-separable block at 8x8."""
     return _create("s7", build_s7, pretrained, **kwargs)
 
 
@@ -164,3 +191,9 @@ def s7_strided(pretrained: bool = False, **kwargs) -> S7Net:
 def s7_dilated(pretrained: bool = False, **kwargs) -> S7Net:
     """No stride anywhere: unpadded dilated transitions (32 -> 28 -> 20 -> 4)."""
     return _create("s7_dilated", build_dilated, pretrained, **kwargs)
+
+
+@register(None)
+def s7_v1(pretrained: bool = False, **kwargs) -> S7Net:
+    """`s7` until 2026-12-05: strided, strided, dilated transitions, depthwise-separable blocks; C4 at 8x8."""
+    return build_model_with_cfg(build_s7_v1, "s7_v1", pretrained, **kwargs)

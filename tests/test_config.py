@@ -164,12 +164,19 @@ def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
 
 
 def test_the_short_recipe_is_the_recipe_of_the_committed_run_it_cites():
-    """configs/s7_short.yaml quotes results/ablations/a12-s7-lightaug's figures: every training field must be what
-    that run trained with (the run adds only where it ran: data, folders, names, the precision auto chose)."""
-    run = TrainConfig.load(REPO / "results" / "ablations" / "a12-s7-lightaug" / "config.yaml")
+    """configs/s7_short.yaml quotes results/ablations/a12-d-lightaug's figures: every training field must be what
+    that run trained with (the run adds only where it ran: data, folders, names, the precision auto chose), and the
+    net it trained, s7_cand_d, is today's s7 parameter for parameter."""
+    import timm
+
+    import models  # noqa: F401  registers the nets
+
+    run = TrainConfig.load(REPO / "results" / "ablations" / "a12-d-lightaug" / "config.yaml")
     short = resolve(["--config", str(REPO / "configs" / "s7_short.yaml")])
     where = {"recipe", "data", "data_dir", "out", "name", "resume", "wandb_mode", "mixed_precision"}
     differ = {f.name: (getattr(short, f.name), getattr(run, f.name)) for f in dataclasses.fields(TrainConfig)
               if f.name not in where and getattr(short, f.name) != getattr(run, f.name)}
-    assert differ == {}
+    assert differ == {"model": ("s7", "s7_cand_d")}
+    shapes = [{k: tuple(v.shape) for k, v in timm.create_model(n).state_dict().items()} for n in ("s7", "s7_cand_d")]
+    assert shapes[0] == shapes[1]
     assert (run.mixed_precision, short.mixed_precision) == ("bf16", "auto")  # what auto chose on that CPU

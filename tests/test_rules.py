@@ -301,7 +301,7 @@ def test_unknown_model_is_a_one_line_error(capsys):
 def test_summary_command_prints_torchinfo_table(capsys):
     assert s7_main(["summary", "s7"]) == 0
     out = capsys.readouterr().out
-    assert "Total params: 95,146" in out and "[1, 10]" in out
+    assert "Total params: 95,162" in out and "[1, 10]" in out
 
 
 class MaxPoolToy(Toy):
