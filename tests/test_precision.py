@@ -32,32 +32,44 @@ def other_than_auto() -> str:
     return "no" if auto_pick() == "bf16" else "bf16"
 
 
-def launched(data, tmp_path, name: str, *launch: str) -> tuple[dict, Path]:
-    """`accelerate launch --config_file accelerate_config.yaml LAUNCH... tests/probe.py` of a 2-epoch run with
-    --mixed-precision auto: what its first step saw, and its run folder."""
-    out = tmp_path / f"{name}.json"
-    argv = flags(data, tmp_path, name, *TINY, epochs=2)
-    p = subprocess.run([ACCELERATE, "launch", "--config_file", SHIPPED, *launch, "tests/probe.py", str(out), *argv],
-                       cwd=REPO, env=sub_env(), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return json.loads(out.read_text()), tmp_path / name
-
-
 def dtype(precision: str) -> str:
     return "torch.bfloat16" if precision == "bf16" else "torch.float32"
 
 
-def test_a_precision_given_to_accelerate_launch_is_what_the_steps_compute_in_and_what_the_run_saves(data, tmp_path):
+def launch(data, tmp_path, name: str, *launch_args: str) -> tuple[subprocess.Popen, Path]:
+    """Start `accelerate launch --config_file accelerate_config.yaml LAUNCH... tests/probe.py` of a 2-epoch run
+    with --mixed-precision auto; its output goes to NAME.log."""
+    argv = flags(data, tmp_path, name, *TINY, epochs=2)
+    with open(tmp_path / f"{name}.log", "w") as log:  # a file, not a pipe: the launcher cannot block on it
+        p = subprocess.Popen([ACCELERATE, "launch", "--config_file", SHIPPED, *launch_args, "tests/probe.py",
+                              str(tmp_path / f"{name}.json"), *argv], cwd=REPO, env=sub_env(OMP_NUM_THREADS="1"),
+                             stdout=log, stderr=subprocess.STDOUT)
+    return p, tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def launched(data, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """Both launches, side by side (each is mostly start-up, one core's work): name -> (what its first step saw,
+    its run folder)."""
+    tmp = tmp_path_factory.mktemp("launches")
+    procs = {"given": launch(data, tmp, "given", "--mixed_precision", other_than_auto()),
+             "shipped": launch(data, tmp, "shipped")}  # accelerate exports ACCELERATE_MIXED_PRECISION=no here
+    for name, (p, _) in procs.items():
+        assert p.wait(timeout=300) == 0, (tmp / f"{name}.log").read_text()[-3000:]
+    return {name: (json.loads((tmp / f"{name}.json").read_text()), run) for name, (_, run) in procs.items()}
+
+
+def test_a_precision_given_to_accelerate_launch_is_what_the_steps_compute_in_and_what_the_run_saves(launched):
     wanted = other_than_auto()
-    seen, run = launched(data, tmp_path, "given", "--mixed_precision", wanted)
+    seen, run = launched["given"]
     assert seen["conv_output_dtype"] == dtype(wanted) and seen["autocast"] is (wanted != "no")
     assert TrainConfig.load(run / "config.yaml").mixed_precision == wanted  # not `auto`
     assert f"precision {wanted} (accelerate launch --mixed_precision {wanted})" in (run / "train.log").read_text()
     assert json.loads((run / STARTUP).read_text())["precision"] == wanted
 
 
-def test_the_shipped_launch_config_leaves_the_precision_to_auto_and_the_run_saves_what_auto_chose(data, tmp_path):
-    seen, run = launched(data, tmp_path, "shipped")  # accelerate exports ACCELERATE_MIXED_PRECISION=no here
+def test_the_shipped_launch_config_leaves_the_precision_to_auto_and_the_run_saves_what_auto_chose(launched):
+    seen, run = launched["shipped"]
     assert seen["conv_output_dtype"] == dtype(auto_pick())
     assert TrainConfig.load(run / "config.yaml").mixed_precision == auto_pick()
     assert f"precision {auto_pick()} (auto: " in (run / "train.log").read_text()
