@@ -42,8 +42,9 @@ def test_dilated_net_has_no_stride_and_shrinks_by_unpadded_dilation():
     assert all(r.stride == 1 for r in rf_table(net))
 
 
-def test_headline_net_keeps_c4_at_8x8():
-    assert _map_sizes(timm.create_model("s7")) == [32, 16, 8, 8]
+def test_headline_net_keeps_c3_at_16x16_and_c4_at_8x8():
+    assert _map_sizes(timm.create_model("s7")) == [32, 16, 16, 8]
+    assert _map_sizes(timm.create_model("s7_v1")) == [32, 16, 8, 8]
 
 
 def test_num_classes_changes_only_the_head():

@@ -11,7 +11,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from runs import flags, train_in_process, unfinished_copy
+from runs import WEAK, flags, train_in_process, unfinished_copy
 from trainer import checkpoint
 from trainer.runfolder import read_metrics
 
@@ -25,7 +25,7 @@ def one_line_error(capsys) -> str:
 def test_a_reused_name_is_refused_and_leaves_the_old_run_untouched(weak_run, data, capsys):
     before = {p.name: p.read_bytes() for p in weak_run.iterdir() if p.is_file()}
     checkpoints = sorted(p.name for p in (weak_run / "checkpoints").iterdir())
-    argv = flags(data, weak_run.parent, weak_run.name, "--lr", "0.05", epochs=1)
+    argv = flags(data, weak_run.parent, weak_run.name, *WEAK, epochs=1)
     assert train_in_process(argv) == 2
     err = one_line_error(capsys)
     assert "already exists" in err and f"--resume {weak_run}" in err

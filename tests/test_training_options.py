@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from runs import (PYTHON, REPO, assert_same_metrics, flags, results_table, sub_env, train_in_process,
+from runs import (PYTHON, REPO, WEAK, assert_same_metrics, flags, results_table, sub_env, train_in_process,
                   train_until_interrupted)
 from trainer.tools import cli
 from trainer.dataset import split_validation
@@ -153,8 +153,7 @@ def test_flip_tta_is_measured_after_the_final_epoch_only_unless_every_epoch_is_a
     assert reached_row(report).endswith("(measured at the final epoch only)")
     assert "flip TTA after the final epoch only; – = not measured" in report  # the log table's legend
     every = tmp_path / "every"
-    assert train_in_process(flags(data, tmp_path, "every", "--lr", "0.05", "--tta-every-epoch", "true",
-                                  epochs=2)) == 0
+    assert train_in_process(flags(data, tmp_path, "every", *WEAK, "--tta-every-epoch", "true", epochs=2)) == 0
     again = read_metrics(every)
     assert all(r["test_acc_tta"] is not None and r["test_loss_tta"] is not None for r in again)
     assert_same_metrics(rows, again)  # the extra pass measures; it changes nothing the run learns or reports
