@@ -48,10 +48,14 @@ declare -A RUNS=(
     [a12-c-lightaug]="--config configs/s7_cand_a.yaml --model s7_cand_c --whiten true --epochs 12 --val-split 0 --rotate-limit 0 --scale-limit 0.05 --dropout-p 0.1"
     # ... and candidate D (candidate A at widths 32, 32, 104) likewise.
     [a12-d-lightaug]="--config configs/s7_cand_a.yaml --model s7_cand_d --whiten true --epochs 12 --val-split 0 --rotate-limit 0 --scale-limit 0.05 --dropout-p 0.1"
+    # Issue 16, today's s7 (candidate D's layout) on the short recipe, one change at a time: every image shifted by
+    # whole pixels only (no scaling, so no interpolation blur), as fast CIFAR-10 recipes translate.
+    [a12-s7-shift]="--config configs/s7_short.yaml --epochs 12 --val-split 0 --ssr-p 1 --scale-limit 0"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
-       a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug)
+       a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug
+       a12-s7-shift)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words

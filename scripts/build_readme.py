@@ -139,9 +139,9 @@ def block_speed() -> str:
         passes = ("flip TTA after the final epoch only" if tta_at_some_epochs_only(res["rows"])
                   else "with and without flip TTA")
         lines += ["", f"In `{name}` the training loop ran at {loop:,.0f} img/s, "
-                  f"{100 * loop / t['step_images_per_s']:.0f} % of the bare step; the whole epoch, the test pass "
+                  f"{100 * loop / t['step_images_per_s']:.1f} % of the bare step; the whole epoch, the test pass "
                   f"({passes}) included, at {whole:,.0f} img/s, "
-                  f"{100 * whole / t['step_images_per_s']:.0f} % (medians of the epochs after the first)."]
+                  f"{100 * whole / t['step_images_per_s']:.1f} % (medians of the epochs after the first)."]
     if "archive/s7-default" in timed:
         t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])
