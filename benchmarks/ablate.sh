@@ -51,11 +51,15 @@ declare -A RUNS=(
     # Issue 16, today's s7 (candidate D's layout) on the short recipe, one change at a time: every image shifted by
     # whole pixels only (no scaling, so no interpolation blur), as fast CIFAR-10 recipes translate.
     [a12-s7-shift]="--config configs/s7_short.yaml --epochs 12 --val-split 0 --ssr-p 1 --scale-limit 0"
+    # Issue 16, the strided rule: s7_strided against s7's idea under that rule (s7_cand_d_strided), both on the
+    # short recipe.
+    [a12-strided-short]="--config configs/s7_short.yaml --model s7_strided --epochs 12 --val-split 0"
+    [a12-dstrided-short]="--config configs/s7_short.yaml --model s7_cand_d_strided --epochs 12 --val-split 0"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
        a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug
-       a12-s7-shift)
+       a12-s7-shift a12-dstrided-short a12-strided-short)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words

@@ -55,8 +55,9 @@ def test_num_classes_changes_only_the_head():
     assert shapes7.keys() == shapes10.keys()
     assert {k for k in shapes7 if shapes7[k] != shapes10[k]} == {"head.classifier.weight", "head.classifier.bias"}
 
-@pytest.mark.parametrize("name,transitions", [("s7_cand_a", None), ("s7_cand_b", None), ("s7_cand_c", None), ("s7_cand_d", None),
-                                              ("s7_cand_a_strided", "strided"), ("s7_cand_a_dilated", "dilated")])
+@pytest.mark.parametrize("name,transitions", [
+    ("s7_cand_a", None), ("s7_cand_b", None), ("s7_cand_c", None), ("s7_cand_d", None),
+    ("s7_cand_d_strided", "strided"), ("s7_cand_a_strided", "strided"), ("s7_cand_a_dilated", "dilated")])
 def test_issue9_candidates_pass_every_rule_and_stay_under_100k(name, transitions):
     from models.rules import check_model
 
