@@ -24,7 +24,8 @@ def _opt(default: Any, help: str) -> Any:
 # size: every hyperparameter is a field of TrainConfig, with its --help text, in one place (as airbench keeps them)
 @dataclass
 class TrainConfig:
-    """Every knob of a run. Defaults are the `s7` default recipe; configs/*.yaml override them."""
+    """Every knob of a run. Defaults are the first `s7` recipe (the assignment's augmentation, SGD lr 0.2 at batch
+    256); configs/*.yaml override them, configs/<model>.yaml for each net."""
 
     model: str = _opt("s7", "timm-registered net: s7, s7_strided or s7_dilated")
     recipe: str = _opt("", "name of the YAML recipe this config came from (used in run names)")
