@@ -28,7 +28,7 @@ CIFAR10_MEAN = (125.307 / 255, 122.950 / 255, 113.865 / 255)
 CIFAR10_STD = (62.993 / 255, 62.089 / 255, 66.705 / 255)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WIDTHS = (32, 64, 96, 128)  # channels of C1..C4 of s7_strided, s7_dilated and s7_v1, sized to stay under 100k parameters
+WIDTHS = (32, 64, 96, 128)  # C1..C4 of s7_strided, s7_dilated and s7_v1, sized to stay under 100k parameters
 S7_WIDTHS = (32, 32, 104)  # s7: the 32x32 and 16x16 full convs, then the 8x8 depthwise-separable block
 
 

@@ -54,8 +54,13 @@ def launched(data, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
     tmp = tmp_path_factory.mktemp("launches")
     procs = {"given": launch(data, tmp, "given", "--mixed_precision", other_than_auto()),
              "shipped": launch(data, tmp, "shipped")}  # accelerate exports ACCELERATE_MIXED_PRECISION=no here
-    for name, (p, _) in procs.items():
-        assert p.wait(timeout=300) == 0, (tmp / f"{name}.log").read_text()[-3000:]
+    try:
+        for name, (p, _) in procs.items():
+            assert p.wait(timeout=300) == 0, (tmp / f"{name}.log").read_text()[-3000:]
+    finally:  # a failed or stuck launch leaves nothing running behind it
+        for p, _ in procs.values():
+            if p.poll() is None:
+                p.kill()
     return {name: (json.loads((tmp / f"{name}.json").read_text()), run) for name, (_, run) in procs.items()}
 
 
