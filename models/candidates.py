@@ -38,7 +38,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net, build_full_front, build_s7
+from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net, build_s7
 from models.registry import register
 
 
@@ -76,8 +76,8 @@ class GatedMixBlock(nn.Module):
 
 
 def build_a(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (24, 38, 96)) -> S7Net:
-    """`s7`'s layout (models.nets.build_full_front) at candidate A's widths."""
-    return build_full_front(num_classes, in_chans, widths)
+    """`s7`'s layout (models.nets.build_s7) at candidate A's widths."""
+    return build_s7(num_classes, in_chans, widths)
 
 
 def build_b(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int] = (32, 64, 86)) -> S7Net:

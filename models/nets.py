@@ -111,7 +111,7 @@ def build_s7_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...
                          lambda: DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
 
 
-def build_full_front(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = S7_WIDTHS) -> S7Net:
+def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = S7_WIDTHS) -> S7Net:
     """Full 3x3 convs at 32x32 (w1) and 16x16 (w2; the last two dilated), then a depthwise-separable stride-2
     transition widening to w3 at 8x8 and a depthwise-separable residual block there (its second conv dilated).
     A full 3x3 conv costs 9*w^2 parameters, affordable only where the channels are few; at 8x8, where they are
@@ -127,9 +127,6 @@ def build_full_front(num_classes: int = 10, in_chans: int = 3, widths: tuple[int
         c4=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
         head=OutputHead(w3, num_classes),
     )
-
-
-build_s7 = build_full_front
 
 
 def trained_statistics(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
