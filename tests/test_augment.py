@@ -4,10 +4,12 @@ from __future__ import annotations
 import warnings
 
 import albumentations as A
+import cv2
 import numpy as np
 from PIL import Image
 
-from trainer.augment import build_train_transform, describe_pipeline, reseed
+from trainer import augment
+from trainer.augment import LeanAffine, build_train_transform, describe_pipeline, reseed
 from trainer.tools.data import show_augment_command
 
 MEAN = (200.4, 150.6, 100.2)
@@ -75,6 +77,23 @@ def test_affine_changes_every_draw_and_reflects_borders():
     assert sum(not np.array_equal(o, img) for o in outs) == 50
     for o in outs:
         assert not (o == 0).all(axis=2).any()  # reflected border: no black (constant-fill) pixels
+
+
+def test_lean_affine_gives_albumentations_affines_pixels_draw_for_draw():
+    """LeanAffine only skips A.Affine's bookkeeping: with the same arguments and seed, every image is the same,
+    identity draws (no scale, no shift) included, and with a constant border as well as a reflected one."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8)
+    for border, scale in ((cv2.BORDER_REFLECT_101, (0.9, 1.1)), (cv2.BORDER_CONSTANT, (0.8, 1.2)), (cv2.BORDER_CONSTANT, (1, 1))):
+        args = dict(translate_px=(-2, 2), scale=scale, rotate=(-15, 15), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
+                    border_mode=border, fill=(7, 80, 200), p=1.0)
+        lean, reference = A.Compose([LeanAffine(**args)]), A.Compose([A.Affine(**args)])
+        reseed(lean, 3)
+        reseed(reference, 3)
+        outs = [(lean(image=im)["image"], reference(image=im)["image"]) for im in images]
+        for got, want in outs:
+            np.testing.assert_array_equal(got, want)
+        assert sum(np.array_equal(got, im) for (got, _), im in zip(outs, images)) < 200  # it did warp
 
 
 def hole_mask(out: np.ndarray, img: np.ndarray) -> np.ndarray:
@@ -145,16 +164,17 @@ def test_reseed_reproduces_and_different_seeds_differ():
 
 def test_every_transform_is_built_strict(monkeypatch):
     seen = {}
-    for name in ["HorizontalFlip", "Affine", "CoarseDropout", "ToGray", "Compose"]:
-        original = getattr(A, name)
+    for where, name in [(A, "HorizontalFlip"), (augment, "LeanAffine"), (A, "CoarseDropout"), (A, "ToGray"),
+                        (A, "Compose")]:
+        original = getattr(where, name)
 
         def spy(*args, _name=name, _original=original, **kwargs):
             seen[_name] = kwargs.get("strict")
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(A, name, spy)
+        monkeypatch.setattr(where, name, spy)
     build_train_transform(MEAN)
-    assert seen == dict.fromkeys(["HorizontalFlip", "Affine", "CoarseDropout", "ToGray", "Compose"], True)
+    assert seen == dict.fromkeys(["HorizontalFlip", "LeanAffine", "CoarseDropout", "ToGray", "Compose"], True)
 
 
 def test_building_and_applying_the_pipeline_warns_nothing():
@@ -173,7 +193,7 @@ def test_describe_pipeline_without_a_transform_says_normalisation_only():
 def test_describe_pipeline_names_each_transform_and_its_arguments():
     text = describe_pipeline(build_train_transform(MEAN, dropout_p=0.25))
     lines = text.splitlines()
-    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. Affine", "3. CoarseDropout", "4. ToGray"]
+    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout", "4. ToGray"]
     assert "p=0.25" in lines[2] and "hole_height_range=(16, 16)" in lines[2] and "fill=(200.0, 151.0, 100.0)" in lines[2]
     assert "border_mode=reflect_101" in lines[1] and "rotate=(-15.0, 15.0)" in lines[1]
     assert "translate_px=(-2.0, 2.0)" in lines[1] and "scale=(0.9, 1.1)" in lines[1]
