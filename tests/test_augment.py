@@ -84,9 +84,10 @@ def test_lean_affine_gives_albumentations_affines_pixels_draw_for_draw():
     identity draws (no scale, no shift) included, and with a constant border as well as a reflected one."""
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8)
-    for border, scale in ((cv2.BORDER_REFLECT_101, (0.9, 1.1)), (cv2.BORDER_CONSTANT, (0.8, 1.2)), (cv2.BORDER_CONSTANT, (1, 1))):
-        args = dict(translate_px=(-2, 2), scale=scale, rotate=(-15, 15), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
-                    border_mode=border, fill=(7, 80, 200), p=1.0)
+    settings = ((cv2.BORDER_REFLECT_101, (0.9, 1.1)), (cv2.BORDER_CONSTANT, (0.8, 1.2)), (cv2.BORDER_CONSTANT, (1, 1)))
+    for border, scale in settings:
+        args = dict(translate_px=(-2, 2), scale=scale, rotate=(-15, 15), keep_ratio=True,
+                    interpolation=cv2.INTER_LINEAR, border_mode=border, fill=(7, 80, 200), p=1.0)
         lean, reference = A.Compose([LeanAffine(**args)]), A.Compose([A.Affine(**args)])
         reseed(lean, 3)
         reseed(reference, 3)
@@ -193,7 +194,8 @@ def test_describe_pipeline_without_a_transform_says_normalisation_only():
 def test_describe_pipeline_names_each_transform_and_its_arguments():
     text = describe_pipeline(build_train_transform(MEAN, dropout_p=0.25))
     lines = text.splitlines()
-    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout", "4. ToGray"]
+    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout",
+                                                       "4. ToGray"]
     assert "p=0.25" in lines[2] and "hole_height_range=(16, 16)" in lines[2] and "fill=(200.0, 151.0, 100.0)" in lines[2]
     assert "border_mode=reflect_101" in lines[1] and "rotate=(-15.0, 15.0)" in lines[1]
     assert "translate_px=(-2.0, 2.0)" in lines[1] and "scale=(0.9, 1.1)" in lines[1]

@@ -3,11 +3,12 @@
 Pipeline, in this order:
 1. HorizontalFlip.
 2. Shift-scale-rotate as `A.Affine` (ShiftScaleRotate is deprecated in albumentations 2; its draws, applied by
-   `LeanAffine`): shift +-6.25 % of the side = +-2 px on 32 px, scale 0.9-1.1 (one factor for both axes), rotate +-15 degrees. The shift is
-   given as translate_px=(-2, 2) (a whole number of pixels, uniform), not translate_percent: albumentations
-   2.0.8 truncates percent * side to int, so translate_percent=0.0625 would shift by only -1, 0 or +1 px
-   (0 half the time). The uncovered border is filled by reflection (BORDER_REFLECT_101, the 1.x
-   ShiftScaleRotate default), so no black wedges appear that the network could learn as a cue.
+   `LeanAffine`): shift +-6.25 % of the side = +-2 px on 32 px, scale 0.9-1.1 (one factor for both axes),
+   rotate +-15 degrees. The shift is given as translate_px=(-2, 2) (a whole number of pixels, uniform), not
+   translate_percent: albumentations 2.0.8 truncates percent * side to int, so translate_percent=0.0625 would
+   shift by only -1, 0 or +1 px (0 half the time). The uncovered border is filled by reflection
+   (BORDER_REFLECT_101, the 1.x ShiftScaleRotate default), so no black wedges appear that the network could
+   learn as a cue.
 3. CoarseDropout: exactly one 16x16 hole filled with the per-channel dataset mean in pixel units, applied
    before normalisation so the hole normalises to zero. The assignment's `max_width=1` is read as 16:
    it contradicts its own `min_width=16`, and a 1-pixel-wide hole would be meaningless.
@@ -42,9 +43,9 @@ SIDE = 32  # CIFAR-10 image side: turns shift_limit (a fraction of the side) int
 class LeanAffine(A.Affine):
     """albumentations' Affine, same arguments, same random draws, same pixels, warped by one cv2.warpAffine call.
 
-    Not A.Affine itself: on a 32x32 image its apply spends about 14 times the warp's own time (an identity check by
-    np.allclose, channel-chunking wrappers; cProfile, albumentations 2.0.8), which made the
-    in-process augmentation about a tenth of a CPU epoch. The identity check is not needed: warping by the
+    Not A.Affine itself: on a 32x32 image its apply spends about 14 times the warp's own time (an identity check
+    by np.allclose, channel-chunking wrappers; cProfile, albumentations 2.0.8), most of the in-process
+    augmentation that took about a tenth of a CPU epoch. The identity check is not needed: warping by the
     identity returns the image unchanged.
     """
 
