@@ -6,10 +6,11 @@ import warnings
 import albumentations as A
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from trainer import augment
-from trainer.augment import LeanAffine, build_train_transform, describe_pipeline, reseed
+from trainer.augment import BatchAugment, LeanAffine, build_train_transform, describe_pipeline, reseed, set_probabilities
 from trainer.tools.data import show_augment_command
 
 MEAN = (200.4, 150.6, 100.2)
@@ -95,6 +96,91 @@ def test_lean_affine_gives_albumentations_affines_pixels_draw_for_draw():
         for got, want in outs:
             np.testing.assert_array_equal(got, want)
         assert sum(np.array_equal(got, im) for (got, _), im in zip(outs, images)) < 200  # it did warp
+
+
+def batch(t: A.Compose, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    return BatchAugment(t)(images, np.random.default_rng(seed))
+
+
+def test_batch_augment_warps_as_albumentations_affine_with_the_same_scale_shift_and_rotation():
+    """Fixed draws on both sides (each range a single value): BatchAugment's matrix and warp against A.Affine's."""
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    for scale, tx, ty, rotate in zip(rng.uniform(0.8, 1.2, 12), rng.integers(-3, 4, 12), rng.integers(-3, 4, 12),
+                                     rng.uniform(-30, 30, 12)):
+        args = dict(translate_px={"x": (int(tx), int(tx)), "y": (int(ty), int(ty))}, scale=(scale, scale),
+                    rotate=(rotate, rotate), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
+                    border_mode=cv2.BORDER_REFLECT_101, p=1.0, strict=True)
+        pipeline = only()
+        pipeline.transforms[1] = LeanAffine(**args)
+        reference = A.Compose([A.Affine(**args)])
+        np.testing.assert_array_equal(batch(pipeline, images), np.stack([reference(image=im)["image"] for im in images]))
+
+
+def test_batch_augment_draws_whole_pixel_shifts_of_at_most_two_and_the_configured_scale_and_angle():
+    t = only(ssr_p=1, rotate_limit=15.0)
+    m = BatchAugment(t).affine_matrices(4000, np.random.default_rng(0), 32, 32)
+    scale = np.sqrt(np.linalg.det(m[:, :, :2]))
+    angle = np.degrees(np.arctan2(m[:, 0, 1], m[:, 0, 0]))
+    assert 0.9 <= scale.min() < 0.91 and 1.09 < scale.max() <= 1.1
+    assert -15 <= angle.min() < -14.5 and 14.5 < angle.max() <= 15
+    centre = np.array([15.5, 15.5])
+    shift = m[:, :, 2] - (centre - np.einsum("kij,j->ki", m[:, :, :2], centre))  # the offset less the centring
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
+    for axis in (0, 1):
+        values, counts = np.unique(np.round(shift[:, axis]).astype(int), return_counts=True)
+        assert values.tolist() == [-2, -1, 0, 1, 2] and counts.min() > 700  # uniform: 800 each expected
+
+
+def test_batch_augment_flips_cuts_and_grays_as_the_albumentations_pipeline_does():
+    img = dark_image()
+    images = np.repeat(img[None], 300, axis=0)
+    np.testing.assert_array_equal(batch(only(flip_p=1), images), images[:, :, ::-1])
+    np.testing.assert_array_equal(batch(only(gray_p=1), images),
+                                  np.broadcast_to(only(gray_p=1)(image=img)["image"], images.shape))
+    fill = np.round(MEAN).astype(np.uint8)
+    reference = only(dropout_p=1)
+    for outs in (batch(only(dropout_p=1), images), [reference(image=img)["image"] for _ in range(300)]):
+        corners = []
+        for out in outs:
+            rows, cols = np.nonzero(hole_mask(out, img))
+            assert len(rows) == 16 * 16 and np.ptp(rows) == np.ptp(cols) == 15
+            np.testing.assert_array_equal(out[rows, cols], np.broadcast_to(fill, (256, 3)))
+            corners.append((rows.min(), cols.min()))
+        # anywhere inside the image, each of the 17 rows and columns: 300 draws miss one with odds of about 1e-7
+        assert {r for r, _ in corners} == {c for _, c in corners} == set(range(17))
+
+def test_batch_augment_reads_each_probability_at_every_call():
+    t = only(flip_p=0.3, gray_p=0.5)
+    images = np.repeat(halves_image()[None], 4000, axis=0)
+    out = batch(t, images).astype(int)
+    gray = (out[..., 0] == out[..., 1]).all(axis=(1, 2)) & (out[..., 1] == out[..., 2]).all(axis=(1, 2))
+    brightness = out.mean(axis=3)
+    flipped = brightness[:, :, :16].mean(axis=(1, 2)) < brightness[:, :, 16:].mean(axis=(1, 2))
+    # binomial sd about 29 and 32: independent coins at the configured rates
+    assert abs(flipped.sum() - 1200) < 150 and abs(gray.sum() - 2000) < 150
+    assert abs((flipped & gray).sum() - 600) < 150
+    set_probabilities(t, {"flip_p": 0.0, "gray_p": 0.0})  # as --aug-ramp-epochs does at epoch 1
+    np.testing.assert_array_equal(batch(t, images), images)
+
+
+def test_batch_augment_reproduces_its_stream_and_leaves_the_stored_images_alone():
+    t = build_train_transform(MEAN, ssr_p=1, dropout_p=1, gray_p=0.5)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    kept = images.copy()
+    np.testing.assert_array_equal(batch(t, images, seed=4), batch(t, images, seed=4))
+    assert not np.array_equal(batch(t, images, seed=4), batch(t, images, seed=5))
+    np.testing.assert_array_equal(images, kept)
+
+
+def test_batch_augment_refuses_a_pipeline_it_would_run_differently():
+    t = build_train_transform(MEAN)
+    t.transforms[2] = A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(16, 16),
+                                      hole_width_range=(16, 16), fill=0, p=1.0)
+    assert "one hole" in BatchAugment.unsupported(t)
+    with pytest.raises(ValueError, match="BatchAugment cannot run this pipeline"):
+        BatchAugment(t)
+    assert BatchAugment.unsupported(build_train_transform(MEAN)) is None
 
 
 def hole_mask(out: np.ndarray, img: np.ndarray) -> np.ndarray:
@@ -194,8 +280,9 @@ def test_describe_pipeline_without_a_transform_says_normalisation_only():
 def test_describe_pipeline_names_each_transform_and_its_arguments():
     text = describe_pipeline(build_train_transform(MEAN, dropout_p=0.25))
     lines = text.splitlines()
-    assert [line.split("(")[0] for line in lines] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout",
-                                                       "4. ToGray"]
+    assert [line.split("(")[0] for line in lines[:4]] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout",
+                                                           "4. ToGray"]
+    assert lines[4].startswith("Applied a batch at a time by BatchAugment")
     assert "p=0.25" in lines[2] and "hole_height_range=(16, 16)" in lines[2] and "fill=(200.0, 151.0, 100.0)" in lines[2]
     assert "border_mode=reflect_101" in lines[1] and "rotate=(-15.0, 15.0)" in lines[1]
     assert "translate_px=(-2.0, 2.0)" in lines[1] and "scale=(0.9, 1.1)" in lines[1]

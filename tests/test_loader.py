@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 
-from trainer.augment import build_train_transform
+from trainer.augment import BatchAugment, build_train_transform
 from trainer.loader import AugmentedDataset, make_loader, resolve_workers, worker_init_fn
 
 N = 48
@@ -83,11 +84,19 @@ def test_fresh_dataset_set_to_epoch_k_reproduces_epoch_k_of_the_uninterrupted_ru
 
 def test_a_fork_after_use_in_the_parent_does_not_inherit_the_parents_stream():
     ds = augmented(same=True)
-    parent = torch.stack([ds[0][0] for _ in range(4)])  # main process seeded and advanced its stream
+    parent = torch.stack([image for image, _ in ds.__getitems__([0] * 4)])  # main process seeded and drew
     (x, _), = epochs(ds, workers=1, epoch_ids=[0], batch_size=4)
     fresh = epochs(augmented(same=True), workers=1, epoch_ids=[0], batch_size=4)[0][0]
     assert torch.equal(x, fresh)  # the worker reseeded itself as if the parent had never drawn
     assert torch.equal(parent, x[:4])  # the main process (0 workers) draws worker 0's stream
+
+
+def test_the_loader_augments_a_pipeline_batch_augment_cannot_run_item_by_item():
+    x, y = images()
+    odd = A.Compose([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)])
+    assert BatchAugment.unsupported(odd) is not None
+    (got, _), = epochs(AugmentedDataset(x, y, odd), workers=0, epoch_ids=[0])
+    np.testing.assert_array_equal(got.numpy(), x[:, ::-1, ::-1].transpose(0, 3, 1, 2))
 
 
 def test_loader_without_transform_returns_the_stored_images_as_uint8_nchw_and_int64_labels():

@@ -1,4 +1,5 @@
-"""Training/test DataLoaders: uint8 images augmented in worker processes, reproducible per epoch, rank and worker."""
+"""Training/test DataLoaders: uint8 images augmented a batch at a time (in worker processes, or in the training
+process on the CPU), reproducible per epoch, rank and worker."""
 from __future__ import annotations
 
 import multiprocessing
@@ -14,13 +15,14 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from trainer.augment import build_train_transform, ramped_probabilities, reseed, set_probabilities
+from trainer.augment import BatchAugment, build_train_transform, ramped_probabilities, reseed, set_probabilities
 from trainer.config import TrainConfig
 from trainer.dataset import CifarData, channel_stats, load_data, split_validation, subset
 
 
 class AugmentedDataset(Dataset):
-    """uint8 NHWC images and int64 labels; items are (uint8 CHW tensor, int label), augmented if a transform is set.
+    """uint8 NHWC images and int64 labels; items are (uint8 CHW tensor, int label), augmented if a transform is set
+    (a DataLoader's batch all at once, `__getitems__`).
 
     The epoch lives in shared memory, so forked (also persistent) workers see `set_epoch` and reseed their
     transform from (seed, epoch, rank, worker id) at their first item of each epoch; there, too, `schedule`
@@ -41,6 +43,9 @@ class AugmentedDataset(Dataset):
         self.rank = rank
         self._epoch = multiprocessing.Value("q", 0, lock=False)
         self._seeded_for: tuple[int, int] | None = None  # (pid, epoch) of the last reseed in this process
+        self._rng = np.random.default_rng(seed)
+        unfit = transform is None or BatchAugment.unsupported(transform)
+        self._batch = None if unfit else BatchAugment(transform)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,18 +63,34 @@ class AugmentedDataset(Dataset):
         words = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, self.rank, worker_id]).generate_state(4)
         return int.from_bytes(words.astype("<u4").tobytes(), "little")
 
+    def _start_stream(self) -> None:
+        """At the first item of an epoch in this process: reseed the transform and the batch stream from (seed,
+        epoch, rank, worker) and set the epoch's probabilities."""
+        epoch = self._epoch.value
+        if self._seeded_for != (os.getpid(), epoch):  # pid: a fork must never inherit its parent's stream
+            info = get_worker_info()
+            seed = self.stream_seed(epoch, info.id if info is not None else 0)
+            reseed(self.transform, seed)
+            self._rng = np.random.default_rng(seed)
+            if self.schedule is not None:
+                set_probabilities(self.transform, self.schedule(epoch))
+            self._seeded_for = (os.getpid(), epoch)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.transform is not None:
-            epoch = self._epoch.value
-            if self._seeded_for != (os.getpid(), epoch):  # pid: a fork must never inherit its parent's stream
-                info = get_worker_info()
-                reseed(self.transform, self.stream_seed(epoch, info.id if info is not None else 0))
-                if self.schedule is not None:
-                    set_probabilities(self.transform, self.schedule(epoch))
-                self._seeded_for = (os.getpid(), epoch)
+            self._start_stream()
             image = self.transform(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch's items, as the DataLoader asks for them: augmented all at once by `BatchAugment` where the
+        pipeline is one `build_train_transform` builds, else item by item."""
+        if self.transform is None or self._batch is None:
+            return [self[i] for i in indices]
+        self._start_stream()
+        images = torch.from_numpy(self._batch(self.images[indices], self._rng)).permute(0, 3, 1, 2)
+        return list(zip(images.unbind(0), self.labels[indices].tolist()))
 
 
 def worker_init_fn(worker_id: int) -> None:
