@@ -18,7 +18,8 @@ plain (non-residual) 3x3 stride-2 convs, a 1x1 conv to the classes before GAP an
   multiply-adds (33.4M against 28.3M), fewer parameters (95,162), yet about 1.16x A's training speed here. It
   became `s7` (2026-12-05); the name stays registered, the same builder, for the runs made under it.
 - `s7_cand_d_strided` (issue 16): `s7_cand_a_strided` at `s7`'s widths (32, 32, then 64 and 112 wide
-  depthwise-separable stages at 8x8 and 4x4), the widths the CPU's bf16 tiles run fast.
+  depthwise-separable stages at 8x8 and 4x4), the widths the CPU's bf16 tiles run fast. It became `s7_strided`
+  (2026-12-06); the name stays registered, the same builder, for the runs made under it.
 - `s7_cand_a_strided`, `s7_cand_a_dilated`: candidate A's idea (full convs where the maps are large and the
   channels few, depthwise-separable where they are small and many) under `s7_strided`'s rule (three 3x3
   stride-2 transitions) and `s7_dilated`'s (no stride: unpadded dilated transitions 32 -> 28 -> 20 -> 4).
@@ -38,7 +39,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import CIFAR10_MEAN, CIFAR10_STD, S7Net, build_s7
+from models.nets import CIFAR10_MEAN, CIFAR10_STD, STRIDED_WIDTHS, S7Net, build_s7, build_strided
 from models.registry import register
 
 
@@ -112,19 +113,8 @@ def build_c(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, in
 
 
 def build_a_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (24, 36, 80, 108)) -> S7Net:
-    """Candidate A's idea under s7_strided's rule (three 3x3 stride-2 transitions, 32 -> 16 -> 8 -> 4): full convs
-    at 32x32 and 16x16 (the first transition a full conv too), depthwise-separable from 8x8 on."""
-    w1, w2, w3, w4 = widths
-    return S7Net(
-        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
-        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
-        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
-        t2=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS
-        c3=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
-        t3=DepthwiseSeparableConv(w3, w4, stride=2),                        # -> 4x4, DS
-        c4=ResidualDS(w4),
-        head=OutputHead(w4, num_classes),
-    )
+    """`s7_strided`'s layout (models.nets.build_strided) at candidate A's widths."""
+    return build_strided(num_classes, in_chans, widths)
 
 
 def build_a_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (24, 36, 80, 108)) -> S7Net:
@@ -181,8 +171,8 @@ def s7_cand_d(pretrained: bool = False, **kwargs) -> S7Net:
 
 @register("strided")
 def s7_cand_d_strided(pretrained: bool = False, **kwargs) -> S7Net:
-    """`s7`'s full-conv front under s7_strided's rule: three 3x3 stride-2 transitions."""
-    return build_model_with_cfg(build_a_strided, "s7_cand_d_strided", pretrained, widths=(32, 32, 64, 112), **kwargs)
+    """`s7`'s full-conv front under s7_strided's rule; `s7_strided` since 2026-12-06."""
+    return build_model_with_cfg(build_strided, "s7_cand_d_strided", pretrained, widths=STRIDED_WIDTHS, **kwargs)
 
 
 @register("strided")

@@ -1,11 +1,15 @@
 """The three s7 networks, C1 C2 C3 C4 O with no MaxPool, registered in timm's model registry.
 
-- `s7_strided`: transitions are 3x3 stride-2 (depthwise-separable) convs: 32 -> 16 -> 8 -> 4.
+- `s7_strided`: transitions are 3x3 stride-2 convs: 32 -> 16 -> 8 -> 4. `s7`'s idea under that rule: full 3x3
+  convs at 32x32 and 16x16 (the first transition a full conv too), depthwise-separable from 8x8 on (issue 16,
+  candidate `s7_cand_d_strided` until 2026-12-06: benchmarks/ablations.md, a20-dstrided-short).
 - `s7_dilated`: no stride anywhere; transitions are unpadded dilated convs: 32 -> 28 -> 20 -> 4.
 - `s7`: the headline net, built for accuracy per CPU-second (issue 16): full 3x3 convs at 32x32 and 16x16 (cheap in
   parameters there, and fast on a CPU's bf16 tiles), a depthwise-separable transition to 8x8 and a
   depthwise-separable residual block there. It learns as much per epoch as `s7_v1` at about twice its training
   speed on a 2-core CPU (benchmarks/ablations.md, a12-d-lightaug against a12-s7-lightaug).
+- `s7_strided_v1`: `s7_strided` until 2026-12-06 (depthwise-separable transitions and residual blocks throughout),
+  kept so the runs archived under results/archive/ still build their net.
 - `s7_v1`: `s7` until 2026-12-05 (two stride-2 transitions, a padded dilated third; depthwise-separable
   residual blocks throughout), kept so the runs archived under results/archive/ still build their net.
 """
@@ -28,8 +32,9 @@ CIFAR10_MEAN = (125.307 / 255, 122.950 / 255, 113.865 / 255)
 CIFAR10_STD = (62.993 / 255, 62.089 / 255, 66.705 / 255)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WIDTHS = (32, 64, 96, 128)  # C1..C4 of s7_strided, s7_dilated and s7_v1, sized to stay under 100k parameters
+WIDTHS = (32, 64, 96, 128)  # C1..C4 of s7_dilated, s7_strided_v1 and s7_v1, sized to stay under 100k parameters
 S7_WIDTHS = (32, 32, 104)  # s7: the 32x32 and 16x16 full convs, then the 8x8 depthwise-separable block
+STRIDED_WIDTHS = (32, 32, 64, 112)  # s7_strided: s7's full-conv widths, then DS stages at 8x8 and 4x4
 
 
 class S7Net(nn.Module):
@@ -70,7 +75,7 @@ class S7Net(nn.Module):
 
 
 def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: Callable[[], nn.Module]) -> S7Net:
-    """s7_strided's and s7's shared stack: two 3x3 stride-2 transitions, then `t3()`, built in its place so a
+    """s7_strided_v1's and s7_v1's shared stack: two 3x3 stride-2 transitions, then `t3()`, built in its place so a
     seed initialises the weights as it always did."""
     w1, w2, w3, w4 = widths
     return S7Net(
@@ -85,8 +90,24 @@ def _strided_pair(num_classes: int, in_chans: int, widths: tuple[int, ...], t3: 
     )
 
 
-def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
-    """Three 3x3 stride-2 transitions: C4 at 4x4."""
+def build_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = STRIDED_WIDTHS) -> S7Net:
+    """Three 3x3 stride-2 transitions (32 -> 16 -> 8 -> 4): full convs at 32x32 and 16x16 (the first transition a
+    full conv too), depthwise-separable from 8x8 on, where the channels are many."""
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
+        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
+        t2=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS
+        c3=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
+        t3=DepthwiseSeparableConv(w3, w4, stride=2),                        # -> 4x4, DS
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+    )
+
+
+def build_strided_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    """`s7_strided` until 2026-12-06: three depthwise-separable 3x3 stride-2 transitions, C4 at 4x4."""
     return _strided_pair(num_classes, in_chans, widths,
                          lambda: DepthwiseSeparableConv(widths[2], widths[3], stride=2))
 
@@ -160,6 +181,7 @@ default_cfgs = generate_default_cfgs({
     "s7_strided.cifar10": _cfg("s7_strided"),
     "s7_dilated.cifar10": _cfg("s7_dilated"),
     "s7_v1.untrained": {k: v for k, v in _cfg("s7_v1").items() if k != "file"},
+    "s7_strided_v1.untrained": {k: v for k, v in _cfg("s7_strided_v1").items() if k != "file"},
 })
 
 
@@ -180,7 +202,7 @@ def s7(pretrained: bool = False, **kwargs) -> S7Net:
 
 @register("strided", shipped=True)
 def s7_strided(pretrained: bool = False, **kwargs) -> S7Net:
-    """Three 3x3 stride-2 transitions (32 -> 16 -> 8 -> 4)."""
+    """Three 3x3 stride-2 transitions (32 -> 16 -> 8 -> 4); full convs at 32x32 and 16x16, DS after."""
     return _create("s7_strided", build_strided, pretrained, **kwargs)
 
 
@@ -194,3 +216,9 @@ def s7_dilated(pretrained: bool = False, **kwargs) -> S7Net:
 def s7_v1(pretrained: bool = False, **kwargs) -> S7Net:
     """`s7` until 2026-12-05: strided, strided, dilated transitions, depthwise-separable blocks; C4 at 8x8."""
     return build_model_with_cfg(build_s7_v1, "s7_v1", pretrained, **kwargs)
+
+
+@register("strided")
+def s7_strided_v1(pretrained: bool = False, **kwargs) -> S7Net:
+    """`s7_strided` until 2026-12-06: depthwise-separable transitions and residual blocks throughout."""
+    return build_model_with_cfg(build_strided_v1, "s7_strided_v1", pretrained, **kwargs)
