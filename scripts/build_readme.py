@@ -134,7 +134,7 @@ def block_speed() -> str:
         later = res["rows"][1:] or res["rows"]
         loop = statistics.median(r["images_per_second"] for r in later)
         whole = statistics.median(r["images_per_second"] * r["train_seconds"] / r["epoch_seconds"] for r in later)
-        from trainer.runfolder import tta_at_some_epochs_only
+        from trainer.runfolder import step_share, tta_at_some_epochs_only
 
         passes = ("flip TTA after the final epoch only" if tta_at_some_epochs_only(res["rows"])
                   else "with and without flip TTA")
@@ -142,6 +142,11 @@ def block_speed() -> str:
                   f"{100 * loop / t['step_images_per_s']:.1f} % of the bare step; the whole epoch, the test pass "
                   f"({passes}) included, at {whole:,.0f} img/s, "
                   f"{100 * whole / t['step_images_per_s']:.1f} % (medians of the epochs after the first)."]
+        shares = [s for s in map(step_share, later) if s is not None]
+        if shares:
+            lines[-1] += (f" Within the epochs, the training steps took {100 * statistics.median(shares):.1f} % of "
+                          f"the seconds (median; waiting for data and the test pass the rest), a share the host's "
+                          f"speed does not move: the bare step was measured after the run.")
     if "archive/s7-default" in timed:
         t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from trainer import augment
-from trainer.augment import BatchAugment, LeanAffine, build_train_transform, describe_pipeline, reseed, set_probabilities
+from trainer.augment import (BatchAugment, LeanAffine, build_train_transform, describe_pipeline, reseed,
+                             set_probabilities)
 from trainer.tools.data import show_augment_command
 
 MEAN = (200.4, 150.6, 100.2)
@@ -114,7 +115,8 @@ def test_batch_augment_warps_as_albumentations_affine_with_the_same_scale_shift_
         pipeline = only()
         pipeline.transforms[1] = LeanAffine(**args)
         reference = A.Compose([A.Affine(**args)])
-        np.testing.assert_array_equal(batch(pipeline, images), np.stack([reference(image=im)["image"] for im in images]))
+        want = np.stack([reference(image=im)["image"] for im in images])
+        np.testing.assert_array_equal(batch(pipeline, images), want)
 
 
 def test_batch_augment_draws_whole_pixel_shifts_of_at_most_two_and_the_configured_scale_and_angle():
@@ -280,8 +282,8 @@ def test_describe_pipeline_without_a_transform_says_normalisation_only():
 def test_describe_pipeline_names_each_transform_and_its_arguments():
     text = describe_pipeline(build_train_transform(MEAN, dropout_p=0.25))
     lines = text.splitlines()
-    assert [line.split("(")[0] for line in lines[:4]] == ["1. HorizontalFlip", "2. LeanAffine", "3. CoarseDropout",
-                                                           "4. ToGray"]
+    assert [line.split("(")[0] for line in lines[:4]] == ["1. HorizontalFlip", "2. LeanAffine",
+                                                           "3. CoarseDropout", "4. ToGray"]
     assert lines[4].startswith("Applied a batch at a time by BatchAugment")
     assert "p=0.25" in lines[2] and "hole_height_range=(16, 16)" in lines[2] and "fill=(200.0, 151.0, 100.0)" in lines[2]
     assert "border_mode=reflect_101" in lines[1] and "rotate=(-15.0, 15.0)" in lines[1]

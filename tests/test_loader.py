@@ -1,4 +1,5 @@
-"""AugmentedDataset items, per-epoch/worker seeding through real DataLoader workers, make_loader and its worker count."""
+"""AugmentedDataset items and batches, per-epoch/worker seeding through real DataLoader workers, make_loader and
+its worker count."""
 from __future__ import annotations
 
 import os

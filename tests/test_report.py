@@ -10,7 +10,7 @@ import yaml
 
 from trainer import runfolder
 from trainer.runfolder import (LEGACY_SELECTION, first_row_reaching, model_meta, read_facts, save_predictions,
-                               selected_row, upgrade_legacy_rows)
+                               selected_row, step_share, upgrade_legacy_rows)
 from trainer.tools.report import build_report, rules_label
 from trainer.tools.results import results_achieved, run_results
 
@@ -106,6 +106,13 @@ def test_first_row_reaching_the_target_on_each_test_figure():
     res = results_achieved(PLAIN_RUN)
     assert (res["epoch_to_target"], res["seconds_to_target"]) == (2, 9.0)
     assert (res["epoch_to_target_tta"], res["seconds_to_target_tta"]) == (2, 9.0)
+
+
+def test_step_share_is_the_epoch_less_its_data_wait_and_test_pass():
+    # a 50 s epoch: 46 s of training, 2 s of it waiting for data, then a 4 s test pass: 44 s of steps
+    assert step_share({"epoch": 1, "epoch_seconds": 50.0, "train_seconds": 46.0, "data_wait_seconds": 2.0,
+                       "test_seconds": 4.0}) == pytest.approx(0.88)
+    assert step_share({"epoch": 1, "epoch_seconds": 50.0, "train_seconds": 46.0}) is None  # wait not timed
 
 
 def test_results_are_final_epoch_figures_and_the_selected_epoch(tmp_path):

@@ -114,6 +114,15 @@ def tta_at_some_epochs_only(rows: list[dict]) -> bool:
     return {r.get("test_acc_tta") is not None for r in rows} == {True, False}
 
 
+def step_share(row: dict) -> float | None:
+    """The share of an epoch's seconds spent in training steps: not waiting for data, not in the test pass. Both
+    parts are timed within the same seconds, so a host whose speed swings does not move it, unlike a ratio to a
+    bare step measured minutes apart; None for rows that did not time the data wait."""
+    if row.get("data_wait_seconds") is None or not row.get("epoch_seconds"):
+        return None
+    return (row["train_seconds"] - row["data_wait_seconds"]) / row["epoch_seconds"]
+
+
 def first_row_reaching(rows: list[dict], target: float, key: str = "test_acc_tta") -> dict | None:
     """The first epoch whose `key` is at least `target` (rows where it was not measured never count)."""
     return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)
