@@ -267,9 +267,10 @@ def test_every_registered_net_passes_every_rule_its_transition_rule_included(nam
 
 
 def test_each_net_declares_its_transition_style_where_it_is_registered():
-    # the _strided/_dilated suffix of every registered name, read independently of the registry
-    by_suffix = {n: next((s for s in ("strided", "dilated") if n.endswith("_" + s)), None) for n in models.ALL_NAMES}
-    assert {n: required_transitions(n) for n in models.ALL_NAMES} == by_suffix
+    # the _strided/_dilated part of every registered name (s7_strided_v1 too), read independently of the registry
+    by_name = {n: next((s for s in ("strided", "dilated") if f"_{s}" in n), None) for n in models.ALL_NAMES}
+    assert {n: required_transitions(n) for n in models.ALL_NAMES} == by_name
+    assert "s7_strided_v1" in by_name
     assert {"s7_cand_a_strided", "s7_cand_a_dilated"} <= set(models.ALL_NAMES)  # the candidates are checked too
     assert required_transitions("tests.test_rules:Toy") is None
     assert set(models.MODEL_NAMES) == {"s7", "s7_strided", "s7_dilated"}
