@@ -47,6 +47,28 @@ def test_headline_net_keeps_c3_at_16x16_and_c4_at_8x8():
     assert _map_sizes(timm.create_model("s7_v1")) == [32, 16, 8, 8]
 
 
+@pytest.mark.parametrize("net,candidate", [("s7", "s7_cand_d"), ("s7_strided", "s7_cand_d_strided")])
+def test_a_promoted_candidate_builds_its_nets_weights_seed_for_seed(net, candidate):
+    """The runs made under a candidate's name are runs of the net it became: same layers, same initial weights."""
+    built = []
+    for name in (net, candidate):
+        torch.manual_seed(3)
+        built.append(timm.create_model(name).state_dict())
+    assert built[0].keys() == built[1].keys()
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
+
+
+@pytest.mark.parametrize("old,run", [("s7_v1", "archive/make-train-cpu-s7v1"),
+                                     ("s7_strided_v1", "archive/s7_strided-cpu-v1")])
+def test_a_replaced_layout_still_builds_the_net_of_its_archived_run(old, run):
+    from trainer.runfolder import read_facts
+
+    facts = read_facts(ROOT / "results" / run)
+    net = timm.create_model(old)
+    assert sum(p.numel() for p in net.parameters()) == facts["parameters"]
+    assert rf_table(net)[-1].rf == facts["receptive_field"]
+
+
 def test_num_classes_changes_only_the_head():
     net = timm.create_model("s7", num_classes=7)
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
