@@ -63,12 +63,17 @@ declare -A RUNS=(
     # Issue 16, the strided rule at equal CPU time: s7_cand_d_strided for the 20 epochs that take about as long as
     # s7_strided's 12 (a12-strided-short: 1,034 s of epochs; a12-dstrided-short: 595 s for 12).
     [a20-dstrided-short]="--config configs/s7_short.yaml --model s7_cand_d_strided --epochs 20 --val-split 0"
+    # Issue 16, eager against compiled step, paired: the default recipe for 4 epochs, eager, compiled, eager again,
+    # one after the other, so a drift of the host's speed shows as a difference between the two eager runs.
+    [aba4-eager-1]="--config configs/s7.yaml --epochs 4 --val-split 0"
+    [aba4-compile]="--config configs/s7.yaml --epochs 4 --val-split 0 --compile default"
+    [aba4-eager-2]="--config configs/s7.yaml --epochs 4 --val-split 0"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
        a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug
        a12-s7-shift a12-dstrided-short a12-strided-short s7-36ep-val s7-36ep-val-hole05
-       a20-dstrided-short)
+       a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
