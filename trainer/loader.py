@@ -86,7 +86,7 @@ class AugmentedDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         """A batch's items, as the DataLoader asks for them: augmented all at once by `BatchAugment` where the
         pipeline is one `build_train_transform` builds, else item by item."""
-        if self.transform is None or self._batch is None:
+        if self._batch is None:
             return [self[i] for i in indices]
         self._start_stream()
         images = torch.from_numpy(self._batch(self.images[indices], self._rng)).permute(0, 3, 1, 2)
