@@ -175,6 +175,22 @@ def test_batch_augment_reproduces_its_stream_and_leaves_the_stored_images_alone(
     np.testing.assert_array_equal(images, kept)
 
 
+def test_a_given_flip_replaces_only_the_coin_and_leaves_every_other_draw_as_it_was():
+    t = build_train_transform(MEAN, ssr_p=0.7, dropout_p=0.5, gray_p=0.3)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    coin = np.random.default_rng(9).random(64) < 0.5  # the stream's first draws: the flip's coin
+    free = BatchAugment(t)(images, np.random.default_rng(9))
+    np.testing.assert_array_equal(BatchAugment(t)(images, np.random.default_rng(9), flip=coin), free)
+    inverted = BatchAugment(t)(images, np.random.default_rng(9), flip=~coin)
+    # the same warps, holes and grays on the other side of each image: those of unflipped mirrored copies where
+    # ~coin flips, of the unflipped images elsewhere
+    none = np.zeros(64, bool)
+    mirrored = BatchAugment(t)(images[:, :, ::-1], np.random.default_rng(9), flip=none)
+    plain = BatchAugment(t)(images, np.random.default_rng(9), flip=none)
+    np.testing.assert_array_equal(inverted, np.where(~coin[:, None, None, None], mirrored, plain))
+    assert not np.array_equal(inverted, free)
+
+
 def test_batch_augment_refuses_a_pipeline_it_would_run_differently():
     t = build_train_transform(MEAN)
     t.transforms[2] = A.CoarseDropout(num_holes_range=(1, 2), hole_height_range=(16, 16),

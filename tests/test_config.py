@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
     (["--aug-ramp-epochs", "-1"], "--aug-ramp-epochs must be 0 or more"),
     (["--tta-shift", "9"], "--tta-shift must be between 0 and 8 pixels"),
     (["--identity-init", "maybe"], "argument --identity-init: expected true/false"),
+    (["--bn-bias-lr", "0"], "--bn-bias-lr must be positive"),
+    (["--alternate-flip", "true", "--flip-p", "0.3"], "--alternate-flip flips half the images each epoch, so it "
+                                                      "needs --flip-p 0.5, not 0.3"),
 ])
 def test_bad_value_is_a_one_line_error_naming_the_flag(argv, message):
     with pytest.raises(SystemExit) as e:

@@ -100,6 +100,37 @@ def test_the_loader_augments_a_pipeline_batch_augment_cannot_run_item_by_item():
     np.testing.assert_array_equal(got.numpy(), x[:, ::-1, ::-1].transpose(0, 3, 1, 2))
 
 
+def flipped_per_epoch(seed: int, workers: int, n: int = 200) -> np.ndarray:
+    """(epoch, image) -> flipped?, through a shuffling loader with alternate flip and no other transform."""
+    x = np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    ds = AugmentedDataset(x, np.arange(n), build_train_transform((0, 0, 0), ssr_p=0, dropout_p=0, gray_p=0),
+                          seed=seed, alternate_flip=True)
+    rows = []
+    for got, labels in epochs(ds, workers, [1, 2, 3, 4], shuffle=True):
+        got = got.permute(0, 2, 3, 1).numpy()[np.argsort(labels.numpy())]
+        same, mirrored = (got == x).all(axis=(1, 2, 3)), (got == x[:, :, ::-1]).all(axis=(1, 2, 3))
+        assert (same ^ mirrored).all()  # each image is itself or its mirror image, never both or neither
+        rows.append(mirrored)
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_alternate_flip_flips_each_image_in_every_other_epoch_half_of_them_first(workers):
+    flips = flipped_per_epoch(seed=0, workers=workers)
+    np.testing.assert_array_equal(flips[1], ~flips[0])
+    np.testing.assert_array_equal(flips[2], flips[0])
+    np.testing.assert_array_equal(flips[3], flips[1])
+    assert 70 <= flips[0].sum() <= 130  # about half of 200 (binomial sd 7)
+    np.testing.assert_array_equal(flips, flipped_per_epoch(seed=0, workers=2 - workers))
+    assert not np.array_equal(flips[0], flipped_per_epoch(seed=1, workers=workers)[0])
+
+
+def test_alternate_flip_without_the_batch_pipeline_is_refused():
+    x, y = images()
+    with pytest.raises(ValueError, match="alternate flip"):
+        AugmentedDataset(x, y, A.Compose([A.HorizontalFlip(p=0.5)]), alternate_flip=True)
+
+
 def test_loader_without_transform_returns_the_stored_images_as_uint8_nchw_and_int64_labels():
     x, y = images()
     loader = make_loader(AugmentedDataset(x, y), 16, shuffle=False, workers=2)

@@ -20,7 +20,7 @@ from runs import (N_TEST, PYTHON, REPO, SMOKE, assert_same_metrics, copy_run, fi
                   train_until_interrupted)
 from trainer import main as trainer_main
 from trainer.config import TrainConfig, resolve
-from trainer.optim import make_optimizer
+from trainer.optim import make_optimizer, make_scheduler
 from trainer.runfolder import read_metrics
 
 # ---------------------------------------------------------------- 1. it learns
@@ -227,6 +227,53 @@ def test_weight_decay_skips_batchnorm_and_biases(name):
             if p.ndim > 1:
                 assert id(p) in decay, f"{mod_name}.{pname}"
     assert n_norm > 0 and n_bias > 0  # the model has BatchNorm and biases to exclude
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_bn_bias_lr_moves_only_the_batchnorm_shifts_faster(optimizer):
+    """--bn-bias-lr 64: after one step from the same weights on the same batch, every BatchNorm shift moved 64 times
+    as far as at 1 (SGD; AdamW's first step is lr x sign, also 64x), every other parameter exactly as far."""
+    import timm
+
+    import models  # noqa: F401
+
+    x, y = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 10
+    moved = []
+    for scale in (1.0, 64.0):
+        torch.manual_seed(0)
+        model = timm.create_model("s7", num_classes=10)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        cfg = TrainConfig(optimizer=optimizer, lr=0.01, weight_decay=5e-4, bn_bias_lr=scale, epochs=2)
+        opt = make_optimizer(cfg, model)
+        make_scheduler(cfg, opt, steps_per_epoch=10, train_images=80)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        moved.append({n: p.detach() - before[n] for n, p in model.named_parameters()})
+    shifts = {f"{m}.bias" for m, mod in model.named_modules() if isinstance(mod, torch.nn.BatchNorm2d)}
+    assert len(shifts) >= 8
+    for name, delta in moved[1].items():
+        expected = moved[0][name] * (64.0 if name in shifts else 1.0)
+        torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_bn_bias_lr_scales_the_whole_onecycle_curve_of_the_shifts():
+    import timm
+
+    import models  # noqa: F401
+
+    model = timm.create_model("s7", num_classes=10)
+    cfg = TrainConfig(lr=0.4, bn_bias_lr=8.0, epochs=3)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, steps_per_epoch=20, train_images=160)
+    n_bn = sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert sum(p.numel() for p in opt.param_groups[-1]["params"]) == n_bn
+    lrs = []
+    for _ in range(60):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert max(row[0] for row in lrs) == pytest.approx(0.4)
+    assert all(row[-1] == pytest.approx(8.0 * row[0]) and row[1] == row[0] for row in lrs)
 
 
 def test_optimizer_state_saved_before_timms_groups_still_loads_onto_the_same_parameters():

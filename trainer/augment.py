@@ -134,11 +134,14 @@ class BatchAugment:
             return "CoarseDropout other than one hole of a fixed size and a fixed fill"
         return None
 
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augmented copies of `images` (uint8 NHWC); `images` itself is left unchanged."""
+    def __call__(self, images: np.ndarray, rng: np.random.Generator, flip: np.ndarray | None = None) -> np.ndarray:
+        """Augmented copies of `images` (uint8 NHWC); `images` itself is left unchanged. `flip` (bool per image),
+        if given, says which images are flipped in place of the flip's coin (still drawn, so the other draws stay
+        the same images' draws)."""
         out = np.array(images, dtype=np.uint8, copy=True)
         n, height, width = out.shape[:3]
-        flip = rng.random(n) < self.flip.p
+        coin = rng.random(n) < self.flip.p
+        flip = coin if flip is None else np.asarray(flip, dtype=bool)
         out[flip] = out[flip, :, ::-1]
         warp = np.flatnonzero(rng.random(n) < self.affine.p)
         for i, matrix in zip(warp, self.affine_matrices(len(warp), rng, height, width)):

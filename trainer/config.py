@@ -66,6 +66,9 @@ class TrainConfig:
                                    "new batch); fast CIFAR-10 recipes use about 0.4")
     bn_frozen_scales: bool = _opt(False, "freeze every BatchNorm scale at its initial 1, so only the shifts learn "
                                          "(a fast-training trick; the scales still count as parameters)")
+    bn_bias_lr: float = _opt(1.0, "multiply the learning rate (the whole OneCycle curve) of every BatchNorm shift "
+                                  "(bias) by this; fast CIFAR-10 recipes use 64, with frozen scales. 1 = one lr "
+                                  "for all parameters")
     identity_init: bool = _opt(False, "start every conv but the classifier as the identity (dirac): a full conv on as "
                                       "many filters as it has inputs (the rest as drawn), a depthwise conv on all; "
                                       "--whiten then replaces the first conv")
@@ -84,6 +87,9 @@ class TrainConfig:
                              "picks the shipped epoch; 0 = ship the final epoch. The test split is only reported")
     # augmentation (probabilities and ranges; see trainer/augment.py)
     flip_p: float = _opt(0.5, "probability of a horizontal flip")
+    alternate_flip: bool = _opt(False, "true: each training image is flipped in every other epoch (which half "
+                                       "starts flipped is drawn once from --seed) instead of by a fresh coin each "
+                                       "epoch, so consecutive epochs see both sides; needs --flip-p 0.5")
     ssr_p: float = _opt(0.5, "probability of shift-scale-rotate")
     shift_limit: float = _opt(0.0625, "largest shift, as a fraction of the side (0.0625 = 2 px)")
     scale_limit: float = _opt(0.1, "largest zoom in or out (0.1 = 0.9-1.1)")
@@ -144,13 +150,15 @@ class TrainConfig:
                      "bn_momentum", "momentum", "base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(name, f"must be between 0 and 1, not {getattr(self, name)}")
-        for name in ("lr", "div_factor", "final_div_factor"):
+        for name in ("lr", "div_factor", "final_div_factor", "bn_bias_lr"):
             if not getattr(self, name) > 0:
                 _fail(name, f"must be positive, not {getattr(self, name)}")
         if not 0 <= self.tta_shift <= 8:
             _fail("tta_shift", f"must be between 0 and 8 pixels, not {self.tta_shift}")
         if not 0.0 <= self.target_acc <= 100.0:
             _fail("target_acc", f"must be a percentage between 0 and 100, not {self.target_acc}")
+        if self.alternate_flip and self.flip_p != 0.5:
+            _fail("alternate_flip", f"flips half the images each epoch, so it needs --flip-p 0.5, not {self.flip_p}")
         if self.cycle_momentum and self.base_momentum > self.max_momentum:
             _fail("base_momentum", f"({self.base_momentum}) must not exceed --max-momentum ({self.max_momentum})")
         return self

@@ -27,10 +27,12 @@ class AugmentedDataset(Dataset):
     The epoch lives in shared memory, so forked (also persistent) workers see `set_epoch` and reseed their
     transform from (seed, epoch, rank, worker id) at their first item of each epoch; there, too, `schedule`
     (epoch -> transform probabilities, `augment.set_probabilities`), if given, sets the epoch's probabilities.
+    With `alternate_flip` each image is flipped in every other epoch instead of by a fresh coin: which images
+    start flipped is drawn once from `seed`, the same on every rank and worker.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None, seed: int = 0, rank: int = 0,
-                 schedule: Callable[[int], dict[str, float]] | None = None):
+                 schedule: Callable[[int], dict[str, float]] | None = None, alternate_flip: bool = False):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 NHWC images with 3 channels, got {images.dtype} {images.shape}")
         if len(images) != len(labels):
@@ -46,6 +48,11 @@ class AugmentedDataset(Dataset):
         self._rng = np.random.default_rng(seed)
         unfit = transform is None or BatchAugment.unsupported(transform)
         self._batch = None if unfit else BatchAugment(transform)
+        self._flipped_first = None
+        if alternate_flip:
+            if self._batch is None:
+                raise ValueError("alternate flip needs the pipeline build_train_transform builds (BatchAugment's)")
+            self._flipped_first = np.random.default_rng([seed & (2**64 - 1), 0xF1]).random(len(images)) < 0.5
 
     def __len__(self) -> int:
         return len(self.images)
@@ -89,7 +96,8 @@ class AugmentedDataset(Dataset):
         if self._batch is None:
             return [self[i] for i in indices]
         self._start_stream()
-        images = torch.from_numpy(self._batch(self.images[indices], self._rng)).permute(0, 3, 1, 2)
+        flip = None if self._flipped_first is None else self._flipped_first[indices] ^ (self.epoch % 2 == 0)
+        images = torch.from_numpy(self._batch(self.images[indices], self._rng, flip)).permute(0, 3, 1, 2)
         return list(zip(images.unbind(0), self.labels[indices].tolist()))
 
 
@@ -192,7 +200,8 @@ def build_inputs(cfg: TrainConfig, accelerator: Accelerator, clock: Any = None) 
     transform = build_train_transform(mean, **cfg.augment_kwargs())
     rank = accelerator.process_index
     schedule = partial(ramped_probabilities, cfg.augment_kwargs(), cfg.aug_ramp_epochs) if cfg.aug_ramp_epochs else None
-    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank, schedule=schedule)
+    train_ds = AugmentedDataset(train_x, train_y, transform, seed=cfg.seed, rank=rank, schedule=schedule,
+                                alternate_flip=cfg.alternate_flip)
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True,
                                workers=resolve_workers(cfg.workers, accelerator.device.type), drop_last=True,

@@ -12,6 +12,12 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     # timm's groups: no weight decay on BatchNorm or biases (1-d parameters), frozen ones (--whiten) left out;
     # decayed group first, the order checkpoints written before timm's groups hold, so they still resume
     groups = sorted(param_groups_weight_decay(model, cfg.weight_decay), key=lambda g: -g["weight_decay"])
+    if cfg.bn_bias_lr != 1.0:  # a third group, last, so runs at 1 keep the two groups their checkpoints hold
+        shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  and m.bias is not None and m.bias.requires_grad}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in shifts]} for g in groups]
+        groups.append({"params": [p for p in model.parameters() if id(p) in shifts], "weight_decay": 0.0,
+                       "lr_scale": cfg.bn_bias_lr})
     if cfg.optimizer == "sgd":  # timm's "sgd" is Nesterov
         return create_optimizer_v2(groups, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     return create_optimizer_v2(groups, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.momentum, 0.999))
@@ -19,8 +25,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, train_images: int,
                    peak_lr: float | None = None):
-    """OneCycle over every step of the run, peaking at `peak_lr` (default --lr); momentum cycles only when the
-    config says so. A run too short for the schedule's phases stops here with a one-line reason."""
+    """OneCycle over every step of the run, peaking at `peak_lr` (default --lr) times each parameter group's
+    "lr_scale" (--bn-bias-lr); momentum cycles only when the config says so. A run too short for the schedule's
+    phases stops here with a one-line reason."""
     if steps_per_epoch < 1:
         raise RunError(f"--batch-size {cfg.batch_size} is larger than the {train_images} training images per "
                        "process: not one full batch to train on; use a smaller --batch-size")
@@ -30,9 +37,10 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
         raise RunError(f"{total} optimizer steps ({cfg.epochs} epochs x {steps_per_epoch}) are too few for OneCycle "
                        f"with --pct-start {cfg.pct_start} ({warm:g} warm-up steps; it needs more than 1 and at least "
                        "one step after); use more --epochs, a smaller --batch-size or another --pct-start")
+    peak = cfg.lr if peak_lr is None else peak_lr
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr if peak_lr is None else peak_lr, total_steps=total, pct_start=cfg.pct_start,
-        div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
+        optimizer, max_lr=[peak * g.get("lr_scale", 1.0) for g in optimizer.param_groups], total_steps=total,
+        pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
         base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
 
 

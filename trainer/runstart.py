@@ -110,9 +110,12 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rul
     (run_dir / runfolder.RULES_MD).write_text(f"{format_rules(rules)}\n\n{rules_verdict(rules)}\n")
     (run_dir / runfolder.SUMMARY).write_text(summary_text(model) + "\n")
     (run_dir / runfolder.RF_MD).write_text(format_rf_table(rf_rows) + "\n")
-    ramp = (f"\nAffine, CoarseDropout and ToGray: p rises linearly from 0 in epoch 1 to the p above in epoch "
-            f"{cfg.aug_ramp_epochs + 1} (--aug-ramp-epochs {cfg.aug_ramp_epochs})" if cfg.aug_ramp_epochs else "")
-    (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + ramp + "\n")
+    notes = (f"\nAffine, CoarseDropout and ToGray: p rises linearly from 0 in epoch 1 to the p above in epoch "
+             f"{cfg.aug_ramp_epochs + 1} (--aug-ramp-epochs {cfg.aug_ramp_epochs})" if cfg.aug_ramp_epochs else "")
+    if cfg.alternate_flip:
+        notes += ("\nHorizontalFlip alternates (--alternate-flip): each image flipped in every other epoch, half of "
+                 "them from epoch 1")
+    (run_dir / runfolder.AUGMENTATION).write_text(describe_pipeline(transform) + notes + "\n")
 
 
 def loader_words(workers: int) -> str:
