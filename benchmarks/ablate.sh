@@ -76,13 +76,17 @@ declare -A RUNS=(
     [v12-bnbias64]="--config configs/s7_short.yaml --epochs 12 --bn-bias-lr 64"
     [v12-bnbias64-frozen]="--config configs/s7_short.yaml --epochs 12 --bn-bias-lr 64 --bn-frozen-scales true"
     [v12-altflip]="--config configs/s7_short.yaml --epochs 12 --alternate-flip true"
+    # Issue 16, make train's last 0.6 points: the default recipe (configs/s7.yaml, 32 epochs) with the two levers
+    # that led on the validation split at 12 epochs (v12-bnbias64, v12-altflip), against the recipe as it is.
+    [v32-levers]="--config configs/s7.yaml --epochs 32 --bn-bias-lr 64 --alternate-flip true"
+    [v32-base]="--config configs/s7.yaml --epochs 32"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
        a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug
        a12-s7-shift a12-dstrided-short a12-strided-short s7-36ep-val s7-36ep-val-hole05
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
-       v12-bnbias64 v12-bnbias64-frozen v12-altflip)
+       v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words

@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT))
 
 RECIPE_KEYS = ("optimizer", "lr", "batch_size", "momentum", "weight_decay", "label_smoothing", "div_factor",
                "ema_decay", "ema_every", "whiten", "identity_init", "bn_momentum", "bn_frozen_scales", "shift_limit",
-               "scale_limit", "rotate_limit", "dropout_p", "gray_p", "aug_ramp_epochs", "tta_shift")
+               "scale_limit", "rotate_limit", "dropout_p", "gray_p", "aug_ramp_epochs", "tta_shift", "bn_bias_lr",
+               "alternate_flip")
 
 
 def table(folder: Path = ROOT / "results" / "ablations") -> str:
