@@ -80,13 +80,20 @@ declare -A RUNS=(
     # that led on the validation split at 12 epochs (v12-bnbias64, v12-altflip), against the recipe as it is.
     [v32-levers]="--config configs/s7.yaml --epochs 32 --bn-bias-lr 64 --alternate-flip true"
     [v32-base]="--config configs/s7.yaml --epochs 32"
+    # Issue 16, the last untried fast-training setting: batch 1024 at twice the lr (linear scaling), 12 epochs,
+    # against v12-base.
+    [v12-bs1024]="--config configs/s7_short.yaml --epochs 12 --batch-size 1024 --lr 0.8"
+    # Issue 16, make train's figure on another seed: the default recipe as make train runs it (full training
+    # split, 32 epochs), seed 1.
+    [s7-default-seed1]="--config configs/s7.yaml --epochs 32 --val-split 0 --seed 1"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
        a12-s7-lightaug a12-a-s7recipe a12-c-lightaug a12-d-lightaug
        a12-s7-shift a12-dstrided-short a12-strided-short s7-36ep-val s7-36ep-val-hole05
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
-       v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base)
+       v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
+       v12-bs1024 s7-default-seed1)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
