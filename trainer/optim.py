@@ -40,8 +40,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     peak = cfg.lr if peak_lr is None else peak_lr
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[peak * g.get("lr_scale", 1.0) for g in optimizer.param_groups], total_steps=total,
-        pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
-        base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
+        pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+        cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum)
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
