@@ -13,11 +13,11 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     # decayed group first, the order checkpoints written before timm's groups hold, so they still resume
     groups = sorted(param_groups_weight_decay(model, cfg.weight_decay), key=lambda g: -g["weight_decay"])
     if cfg.bn_bias_lr != 1.0:  # a third group, last, so runs at 1 keep the two groups their checkpoints hold
-        shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                  and m.bias is not None and m.bias.requires_grad}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in shifts]} for g in groups]
-        groups.append({"params": [p for p in model.parameters() if id(p) in shifts], "weight_decay": 0.0,
-                       "lr_scale": cfg.bn_bias_lr})
+        shifts = [m.bias for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  and m.bias is not None and m.bias.requires_grad]
+        taken = {id(p) for p in shifts}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in groups]
+        groups.append({"params": shifts, "weight_decay": 0.0, "lr_scale": cfg.bn_bias_lr})
     if cfg.optimizer == "sgd":  # timm's "sgd" is Nesterov
         return create_optimizer_v2(groups, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     return create_optimizer_v2(groups, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.momentum, 0.999))
