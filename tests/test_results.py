@@ -136,3 +136,63 @@ def test_the_readme_onnx_sizes_are_the_committed_files_sizes():
         if "file" in row:
             size = (ROOT / "results" / "export" / row["file"]).stat().st_size
             assert f"| {name} (`{row['file']}`) | {size / 1024:,.0f} KiB |" in readme, name
+
+
+def _build_readme():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_readme
+
+    return build_readme
+
+
+def _rows(*points: tuple[float, float, float]) -> list[dict]:
+    """metrics rows from (test_acc, test_acc_tta, wall_seconds), one per epoch from 1."""
+    return [{"epoch": i, "test_acc": a, "test_acc_tta": t, "wall_seconds": w} for i, (a, t, w) in enumerate(points, 1)]
+
+
+@pytest.mark.parametrize("rows, met", [
+    (_rows((86.9, 87.5, 1700), (87.0, 87.6, 1850)), False),  # 87 % without TTA only at 30.8 min; TTA does not count
+    (_rows((86.9, 87.5, 1700), (87.0, 87.6, 1790)), True),
+    (_rows((87.1, 87.9, 1000), (86.8, 87.4, 1100)), True),  # the first epoch reaching it counts, not the last
+])
+def test_cpu_target_time_to_87_counts_the_first_epoch_without_tta_from_process_start(rows, met):
+    assert _build_readme().cpu_target_verdict("time_to_87", rows, {})[1] is met
+
+
+@pytest.mark.parametrize("final, make_seconds, met", [
+    ((87.1, 88.0, 1500), 1799, True), ((87.1, 88.0, 1500), 1801, False), ((86.9, 88.0, 1500), 1700, False),
+    ((87.1, 88.0, 1500), None, False),  # no stored make time: never called met
+])
+def test_cpu_target_make_train_needs_the_final_epoch_and_the_make_time(final, make_seconds, met):
+    info = {} if make_seconds is None else {"make_seconds": make_seconds}
+    measured, ok = _build_readme().cpu_target_verdict("make_train", _rows((88.0, 88.5, 900), final), info)
+    assert ok is met
+    assert ("not stored" in measured) is (make_seconds is None)
+
+
+@pytest.mark.parametrize("final, met", [
+    ((91.0, 92.0, 8990), True), ((91.0, 92.0, 9010), False),  # over the 150-minute budget
+    ((91.2, 91.9, 8000), False), ((90.9, 92.5, 8000), False),  # both figures must reach theirs
+])
+def test_cpu_target_long_needs_both_figures_of_the_final_epoch_within_150_minutes(final, met):
+    assert _build_readme().cpu_target_verdict("long", _rows((92.0, 93.0, 7000), final), {})[1] is met
+
+
+def test_cpu_target_short_counts_only_runs_of_at_most_12_epochs():
+    b = _build_readme()
+    assert b.cpu_target_verdict("short", _rows(*[(80.0, 81.0, 100)] * 11 + [(87.0, 87.5, 1200)]), {})[1] is True
+    assert b.cpu_target_verdict("short", _rows(*[(80.0, 81.0, 100)] * 12 + [(88.0, 88.5, 1300)]), {})[1] is False
+
+
+def test_cpu_targets_block_says_not_run_for_a_missing_run_and_links_a_present_one(tmp_path, monkeypatch):
+    b = _build_readme()
+    run = tmp_path / "make-train-cpu"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _rows((87.2, 88.0, 1600))) + "\n")
+    (run / "run_info.json").write_text(json.dumps({"make_seconds": 1700}))
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    lines = {line.split(" | ")[0]: line for line in b.block_cpu_targets().splitlines() if line.startswith("| `")}
+    assert lines["| `make train`: ≥ 87 % without TTA, make to exit ≤ 30 min"].endswith(
+        "| [make-train-cpu](results/make-train-cpu/report.md) | 87.20 % / 88.00 % at epoch 1, make to exit 28.3 min "
+        "| **yes** |")
+    assert lines["| `s7_dilated`: ≥ 89 % without TTA"].endswith("| s7_dilated-cpu | not run | no |")
