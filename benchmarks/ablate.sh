@@ -86,6 +86,10 @@ declare -A RUNS=(
     # Issue 16, make train's figure on another seed: the default recipe as make train runs it (full training
     # split, 32 epochs), seed 1.
     [s7-default-seed1]="--config configs/s7.yaml --epochs 32 --val-split 0 --seed 1"
+    # Issue 16, the s7_dilated redesign: today's s7_dilated against candidate A's idea under the no-stride rule
+    # (s7_cand_a_dilated), both on the default recipe (configs/s7.yaml), 4 epochs, validation split.
+    [d4-dilated-default]="--config configs/s7.yaml --model s7_dilated"
+    [d4-cand_a_dilated-default]="--config configs/s7.yaml --model s7_cand_a_dilated"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -93,7 +97,7 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        a12-s7-shift a12-dstrided-short a12-strided-short s7-36ep-val s7-36ep-val-hole05
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
-       v12-bs1024 s7-default-seed1)
+       v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
