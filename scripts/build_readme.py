@@ -228,7 +228,7 @@ CPU_TARGETS = (
     ("process start to 87 % without TTA: ≤ 30 min", "make-train-cpu", "time_to_87"),
     ("`make train`: ≥ 87 % without TTA, make to exit ≤ 30 min", "make-train-cpu", "make_train"),
     ("`s7` long, ≤ 150 min: ≥ 91 % without TTA, ≥ 92 % with flip TTA", "s7-long-cpu", "long"),
-    ("`s7_strided`, ≤ 150 min: ≥ 90 % without TTA", "s7_strided-cpu", "strided"),
+    ("`s7_strided`, ≤ 150 min: ≥ 90 % without TTA", "s7_strided-long-cpu", "strided"),
     ("`s7_dilated`: ≥ 89 % without TTA", "s7_dilated-cpu", "dilated"),
 )
 
