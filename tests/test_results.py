@@ -184,6 +184,18 @@ def test_cpu_target_short_counts_only_runs_of_at_most_12_epochs():
     assert b.cpu_target_verdict("short", _rows(*[(80.0, 81.0, 100)] * 12 + [(88.0, 88.5, 1300)]), {})[1] is False
 
 
+def test_cpu_target_thresholds_make_both_the_label_and_the_verdict(monkeypatch):
+    import dataclasses
+
+    b = _build_readme()
+    stricter = dataclasses.replace(b.CPU_TARGETS["strided"], acc=88.5, seconds=60 * 60)
+    monkeypatch.setitem(b.CPU_TARGETS, "strided", stricter)
+    assert stricter.label == "`s7_strided`, ≤ 60 min: ≥ 88.5 % without TTA"
+    assert b.cpu_target_verdict("strided", _rows((88.6, 88.9, 3500)), {})[1] is True
+    assert b.cpu_target_verdict("strided", _rows((88.4, 88.9, 3500)), {})[1] is False
+    assert b.cpu_target_verdict("strided", _rows((88.6, 88.9, 3700)), {})[1] is False
+
+
 def test_cpu_targets_block_says_not_run_for_a_missing_run_and_links_a_present_one(tmp_path, monkeypatch):
     b = _build_readme()
     run = tmp_path / "make-train-cpu"
