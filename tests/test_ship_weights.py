@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
@@ -51,3 +52,18 @@ def test_a_copy_that_is_not_the_runs_or_lies_outside_results_is_refused(baseline
     with pytest.raises(SystemExit, match="not a run folder under"):
         ship_weights.ship(baseline, committed_copy(baseline, tmp_path / "elsewhere", "x"), LABEL, weights, results)
     assert not list(weights.iterdir())
+
+
+@pytest.mark.slow
+def test_a_run_ships_as_another_name_only_when_that_net_has_the_same_layout(baseline, tmp_path):
+    results, weights = tmp_path / "results", tmp_path / "weights"
+    weights.mkdir()
+    copy = committed_copy(baseline, results, "base-cpu")
+    with pytest.raises(SystemExit, match="--as s7_strided: its layout is not s7's"):
+        ship_weights.ship(baseline, copy, LABEL, weights, results, as_name="s7_strided")
+    assert not list(weights.iterdir())
+    target = ship_weights.ship(baseline, copy, LABEL, weights, results, as_name="s7_cand_d")  # s7's layout
+    assert target == weights / "s7_cand_d.safetensors"
+    state, meta = load_weights(target)
+    assert (meta["model"], meta["trained_as"]) == ("s7_cand_d", "s7")
+    timm.create_model("s7_cand_d", num_classes=len(meta["classes"])).load_state_dict(state)  # strict: every tensor
