@@ -510,7 +510,7 @@ def block_loader_workers() -> str:
 
     res = json.loads(path.read_text())
     counts = list(res["median_ratio"])
-    lines = [f"{res['where']}; `{res['model']}`'s recipe, batch {res['batch_size']}, {res['precision']}, "
+    lines = [f"{res['where']}; `{res['model']}` on the `{res['recipe']}` recipe, batch {res['batch_size']}, {res['precision']}, "
              f"{res['threads']} torch threads, {res['steps']} steps per measurement, {len(res['rounds'])} rounds "
              f"(benchmarks/loader_workers.py, [loader_workers.json](results/loader-workers-cpu/loader_workers.json)):",
              "", "| round | bare step img/s (before / after) | "
