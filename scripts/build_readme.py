@@ -151,9 +151,9 @@ def block_speed() -> str:
     if "archive/s7-default" in timed:
         t, default = timed["archive/s7-default"][0], timed["archive/s7-default"][1]["rows"]
         later = sorted(r["epoch_seconds"] for r in default[1:])
-        lines += ["", f"In `archive/s7-default` (GPU) the loader ({t['loader_images_per_s']:,.0f} img/s) outruns the bare training "
-                  f"step ({t['step_images_per_s']:,.0f} img/s) and the loop waited {t['data_wait_seconds']:.1f} s "
-                  f"for data in {t['train_seconds']:.1f} s of training: at this model size the GPU step (kernel "
+        lines += ["", f"In `archive/s7-default` (GPU) the loader ({t['loader_images_per_s']:,.0f} img/s) outruns the "
+                  f"bare training step ({t['step_images_per_s']:,.0f} img/s) and the loop waited "
+                  f"{t['data_wait_seconds']:.1f} s for data in {t['train_seconds']:.1f} s of training: at this model size the GPU step (kernel "
                   f"launches), not the albumentations workers, sets the pace. The first epoch took "
                   f"{default[0]['epoch_seconds']:.1f} s (cuDNN autotuning, worker start-up), later ones a median "
                   f"{later[len(later) // 2]:.1f} s."]
@@ -510,8 +510,9 @@ def block_loader_workers() -> str:
 
     res = json.loads(path.read_text())
     counts = list(res["median_ratio"])
-    lines = [f"{res['where']}; `{res['model']}` on the `{res['recipe']}` recipe, batch {res['batch_size']}, {res['precision']}, "
-             f"{res['threads']} torch threads, {res['steps']} steps per measurement, {len(res['rounds'])} rounds "
+    lines = [f"{res['where']}; `{res['model']}` on the `{res['recipe']}` recipe, batch {res['batch_size']}, "
+             f"{res['precision']}, {res['threads']} torch threads, {res['steps']} steps per measurement, "
+             f"{len(res['rounds'])} rounds "
              f"(benchmarks/loader_workers.py, [loader_workers.json](results/loader-workers-cpu/loader_workers.json)):",
              "", "| round | bare step img/s (before / after) | "
              + " | ".join(f"{counted(int(w), 'loader worker')}: img/s (% of the bare step)" for w in counts) + " |",
