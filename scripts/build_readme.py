@@ -153,8 +153,9 @@ def block_speed() -> str:
         later = sorted(r["epoch_seconds"] for r in default[1:])
         lines += ["", f"In `archive/s7-default` (GPU) the loader ({t['loader_images_per_s']:,.0f} img/s) outruns the "
                   f"bare training step ({t['step_images_per_s']:,.0f} img/s) and the loop waited "
-                  f"{t['data_wait_seconds']:.1f} s for data in {t['train_seconds']:.1f} s of training: at this model size the GPU step (kernel "
-                  f"launches), not the albumentations workers, sets the pace. The first epoch took "
+                  f"{t['data_wait_seconds']:.1f} s for data in {t['train_seconds']:.1f} s of training: at this model "
+                  f"size the GPU step (kernel launches), not the albumentations workers, sets the pace. The first "
+                  f"epoch took "
                   f"{default[0]['epoch_seconds']:.1f} s (cuDNN autotuning, worker start-up), later ones a median "
                   f"{later[len(later) // 2]:.1f} s."]
     return "\n".join(lines)
