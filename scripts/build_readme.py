@@ -285,7 +285,7 @@ def cpu_target_verdict(key: str, rows: list[dict], info: dict) -> tuple[str, boo
         if hit is None:
             return f"{t.acc:g} % not reached in {last['epoch']} epochs", False
         return f"epoch {hit['epoch']}, {_minutes(hit['wall_seconds'])}", _within(hit["wall_seconds"], t.seconds)
-    met = (plain >= t.acc and (t.tta is None or (tta is not None and tta >= t.tta))
+    met = (plain >= t.acc and (t.tta is None or _at_least(last, "test_acc_tta", t.tta))
            and (t.max_epoch is None or last["epoch"] <= t.max_epoch))
     if t.measure == "make":
         make = info.get("make_seconds")

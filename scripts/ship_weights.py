@@ -33,6 +33,8 @@ def ship(run: Path, committed: Path, data_label: str, weights_dir: Path, results
     from trainer.runfolder import WEIGHTS_DIR
     from trainer.tools.results import run_results
 
+    if as_name is not None and not timm.is_model(as_name):
+        raise SystemExit(f"error: --as {as_name}: not a registered net")
     try:
         relative = committed.resolve().relative_to(results.resolve())
     except ValueError:

@@ -61,6 +61,8 @@ def test_a_run_ships_as_another_name_only_when_that_net_has_the_same_layout(base
     copy = committed_copy(baseline, results, "base-cpu")
     with pytest.raises(SystemExit, match="--as s7_strided: its layout is not s7's"):
         ship_weights.ship(baseline, copy, LABEL, weights, results, as_name="s7_strided")
+    with pytest.raises(SystemExit, match="--as s8: not a registered net"):
+        ship_weights.ship(baseline, copy, LABEL, weights, results, as_name="s8")
     assert not list(weights.iterdir())
     target = ship_weights.ship(baseline, copy, LABEL, weights, results, as_name="s7_cand_d")  # s7's layout
     assert target == weights / "s7_cand_d.safetensors"
