@@ -39,7 +39,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import CIFAR10_MEAN, CIFAR10_STD, STRIDED_WIDTHS, S7Net, build_s7, build_strided
+from models.nets import (CIFAR10_MEAN, CIFAR10_STD, DILATED_WIDTHS, STRIDED_WIDTHS, S7Net, build_dilated, build_s7,
+                         build_strided)
 from models.registry import register
 
 
@@ -117,22 +118,6 @@ def build_a_strided(num_classes: int = 10, in_chans: int = 3, widths: tuple[int,
     return build_strided(num_classes, in_chans, widths)
 
 
-def build_a_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (24, 36, 80, 108)) -> S7Net:
-    """Candidate A's idea under s7_dilated's rule (no stride; unpadded dilated transitions 32 -> 28 -> 20 -> 4):
-    full convs at 32x32 and 28x28 (the first transition a full dilated conv), depthwise-separable after."""
-    w1, w2, w3, w4 = widths
-    return S7Net(
-        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
-        t1=ConvBNAct(w1, w2, dilation=2, padding=0),                        # -> 28x28, full conv, dilation 2
-        c2=BasicBlock(w2, dilation=2),                                      # 28x28: 2 full convs, dilation 2
-        t2=DepthwiseSeparableConv(w2, w3, dilation=4, padding=0),           # -> 20x20, DS, dilation 4
-        c3=ResidualDS(w3, dilation=4),                                      # 20x20: DS, DS (dilation 4)
-        t3=DepthwiseSeparableConv(w3, w4, dilation=8, padding=0),           # -> 4x4, DS, dilation 8
-        c4=ResidualDS(w4),
-        head=OutputHead(w4, num_classes),
-    )
-
-
 def _cfg() -> dict:
     return dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
                 mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv="c1.0.0",
@@ -183,5 +168,5 @@ def s7_cand_a_strided(pretrained: bool = False, **kwargs) -> S7Net:
 
 @register("dilated")
 def s7_cand_a_dilated(pretrained: bool = False, **kwargs) -> S7Net:
-    """Candidate A's full-conv front under s7_dilated's rule: no stride, unpadded dilated transitions."""
-    return build_model_with_cfg(build_a_dilated, "s7_cand_a_dilated", pretrained, **kwargs)
+    """Candidate A's full-conv front under s7_dilated's rule; `s7_dilated` since 2026-12-06."""
+    return build_model_with_cfg(build_dilated, "s7_cand_a_dilated", pretrained, widths=DILATED_WIDTHS, **kwargs)

@@ -3,13 +3,17 @@
 - `s7_strided`: transitions are 3x3 stride-2 convs: 32 -> 16 -> 8 -> 4. `s7`'s idea under that rule: full 3x3
   convs at 32x32 and 16x16 (the first transition a full conv too), depthwise-separable from 8x8 on (issue 16,
   candidate `s7_cand_d_strided` until 2026-12-06: benchmarks/ablations.md, a20-dstrided-short).
-- `s7_dilated`: no stride anywhere; transitions are unpadded dilated convs: 32 -> 28 -> 20 -> 4.
+- `s7_dilated`: no stride anywhere; transitions are unpadded dilated convs: 32 -> 28 -> 20 -> 4. `s7`'s idea under
+  that rule: full convs at 32x32 and 28x28 (the first transition a full dilated conv), depthwise-separable after
+  (candidate `s7_cand_a_dilated` until 2026-12-06).
 - `s7`: the headline net, built for accuracy per CPU-second (issue 16): full 3x3 convs at 32x32 and 16x16 (cheap in
   parameters there, and fast on a CPU's bf16 tiles), a depthwise-separable transition to 8x8 and a
   depthwise-separable residual block there. It learns as much per epoch as `s7_v1` at about twice its training
   speed on a 2-core CPU (benchmarks/ablations.md, a12-d-lightaug against a12-s7-lightaug).
 - `s7_strided_v1`: `s7_strided` until 2026-12-06 (depthwise-separable transitions and residual blocks throughout),
   kept so the runs archived under results/archive/ still build their net.
+- `s7_dilated_v1`: `s7_dilated` until 2026-12-06 (depthwise-separable transitions and residual blocks
+  throughout), kept so the runs archived under results/archive/ still build their net.
 - `s7_v1`: `s7` until 2026-12-05 (two stride-2 transitions, a padded dilated third; depthwise-separable
   residual blocks throughout), kept so the runs archived under results/archive/ still build their net.
 """
@@ -32,9 +36,10 @@ CIFAR10_MEAN = (125.307 / 255, 122.950 / 255, 113.865 / 255)
 CIFAR10_STD = (62.993 / 255, 62.089 / 255, 66.705 / 255)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WIDTHS = (32, 64, 96, 128)  # C1..C4 of s7_dilated, s7_strided_v1 and s7_v1, sized to stay under 100k parameters
+WIDTHS = (32, 64, 96, 128)  # C1..C4 of s7_dilated_v1, s7_strided_v1 and s7_v1, sized to stay under 100k parameters
 S7_WIDTHS = (32, 32, 104)  # s7: the 32x32 and 16x16 full convs, then the 8x8 depthwise-separable block
 STRIDED_WIDTHS = (32, 32, 64, 112)  # s7_strided: s7's full-conv widths, then DS stages at 8x8 and 4x4
+DILATED_WIDTHS = (24, 36, 80, 108)  # s7_dilated: full convs at 32x32 and 28x28, then DS stages at 20x20 and 4x4
 
 
 class S7Net(nn.Module):
@@ -112,7 +117,24 @@ def build_strided_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int
                          lambda: DepthwiseSeparableConv(widths[2], widths[3], stride=2))
 
 
-def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+def build_dilated(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = DILATED_WIDTHS) -> S7Net:
+    """No stride anywhere; unpadded dilated transitions 32 -> 28 -> 20 -> 4. `s7`'s idea under that rule: full
+    convs at 32x32 and 28x28 (the first transition a full dilated conv), depthwise-separable after."""
+    w1, w2, w3, w4 = widths
+    return S7Net(
+        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, dilation=2, padding=0),                        # -> 28x28, full conv, dilation 2
+        c2=BasicBlock(w2, dilation=2),                                      # 28x28: 2 full convs, dilation 2
+        t2=DepthwiseSeparableConv(w2, w3, dilation=4, padding=0),           # -> 20x20, DS, dilation 4
+        c3=ResidualDS(w3, dilation=4),                                      # 20x20: DS, DS (dilation 4)
+        t3=DepthwiseSeparableConv(w3, w4, dilation=8, padding=0),           # -> 4x4, DS, dilation 8
+        c4=ResidualDS(w4),
+        head=OutputHead(w4, num_classes),
+    )
+
+
+def build_dilated_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS) -> S7Net:
+    """`s7_dilated` until 2026-12-06: depthwise-separable transitions and residual blocks throughout."""
     w1, w2, w3, w4 = widths
     return S7Net(
         c1=nn.Sequential(ConvBNAct(in_chans, w1), ResidualDS(w1)),           # 32x32
@@ -182,6 +204,7 @@ default_cfgs = generate_default_cfgs({
     "s7_dilated.cifar10": _cfg("s7_dilated"),
     "s7_v1.untrained": {k: v for k, v in _cfg("s7_v1").items() if k != "file"},
     "s7_strided_v1.untrained": {k: v for k, v in _cfg("s7_strided_v1").items() if k != "file"},
+    "s7_dilated_v1.untrained": {k: v for k, v in _cfg("s7_dilated_v1").items() if k != "file"},
 })
 
 
@@ -208,7 +231,7 @@ def s7_strided(pretrained: bool = False, **kwargs) -> S7Net:
 
 @register("dilated", shipped=True)
 def s7_dilated(pretrained: bool = False, **kwargs) -> S7Net:
-    """No stride anywhere: unpadded dilated transitions (32 -> 28 -> 20 -> 4)."""
+    """No stride anywhere: unpadded dilated transitions (32 -> 28 -> 20 -> 4); full convs at 32x32 and 28x28."""
     return _create("s7_dilated", build_dilated, pretrained, **kwargs)
 
 
@@ -222,3 +245,9 @@ def s7_v1(pretrained: bool = False, **kwargs) -> S7Net:
 def s7_strided_v1(pretrained: bool = False, **kwargs) -> S7Net:
     """`s7_strided` until 2026-12-06: depthwise-separable transitions and residual blocks throughout."""
     return build_model_with_cfg(build_strided_v1, "s7_strided_v1", pretrained, **kwargs)
+
+
+@register("dilated")
+def s7_dilated_v1(pretrained: bool = False, **kwargs) -> S7Net:
+    """`s7_dilated` until 2026-12-06: depthwise-separable transitions and residual blocks throughout."""
+    return build_model_with_cfg(build_dilated_v1, "s7_dilated_v1", pretrained, **kwargs)

@@ -166,20 +166,24 @@ def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
     assert "--cycle-momentum" in text and "--base-momentum" in text and "--max-momentum" in text
 
 
-def test_the_short_recipe_is_the_recipe_of_the_committed_run_it_cites():
-    """configs/s7_short.yaml quotes results/ablations/a12-d-lightaug's figures: every training field must be what
-    that run trained with (the run adds only where it ran: data, folders, names, the precision auto chose), and the
-    net it trained, s7_cand_d, is today's s7 parameter for parameter."""
+@pytest.mark.parametrize("recipe,run_dir,trained_as", [("s7_short", "ablations/a12-d-lightaug", "s7_cand_d"),
+                                                     ("s7_strided", "s7_strided-cpu", "s7_strided"),
+                                                     ("s7_dilated", "s7_dilated-cpu", "s7_dilated")])
+def test_a_recipe_is_the_recipe_of_the_committed_run_it_cites(recipe, run_dir, trained_as):
+    """A recipe quotes its committed run's figures: every training field must be what that run trained with (the
+    run adds only where it ran: data, folders, names, the precision auto chose), and a net trained under a
+    candidate's name (s7_cand_d) is the recipe's net parameter for parameter."""
     import timm
 
     import models  # noqa: F401  registers the nets
 
-    run = TrainConfig.load(REPO / "results" / "ablations" / "a12-d-lightaug" / "config.yaml")
-    short = resolve(["--config", str(REPO / "configs" / "s7_short.yaml")])
+    run = TrainConfig.load(REPO / "results" / run_dir / "config.yaml")
+    cfg = resolve(["--config", str(REPO / "configs" / f"{recipe}.yaml")])
     where = {"recipe", "data", "data_dir", "out", "name", "resume", "wandb_mode", "mixed_precision"}
-    differ = {f.name: (getattr(short, f.name), getattr(run, f.name)) for f in dataclasses.fields(TrainConfig)
-              if f.name not in where and getattr(short, f.name) != getattr(run, f.name)}
-    assert differ == {"model": ("s7", "s7_cand_d")}
-    shapes = [{k: tuple(v.shape) for k, v in timm.create_model(n).state_dict().items()} for n in ("s7", "s7_cand_d")]
+    differ = {f.name: (getattr(cfg, f.name), getattr(run, f.name)) for f in dataclasses.fields(TrainConfig)
+              if f.name not in where and getattr(cfg, f.name) != getattr(run, f.name)}
+    assert differ == ({} if trained_as == cfg.model else {"model": (cfg.model, trained_as)})
+    shapes = [{k: tuple(v.shape) for k, v in timm.create_model(n).state_dict().items()}
+              for n in (cfg.model, run.model)]
     assert shapes[0] == shapes[1]
-    assert (run.mixed_precision, short.mixed_precision) == ("bf16", "auto")  # what auto chose on that CPU
+    assert (run.mixed_precision, cfg.mixed_precision) == ("bf16", "auto")  # what auto chose on that CPU

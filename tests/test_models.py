@@ -36,8 +36,9 @@ def test_strided_net_halves_the_map_three_times():
     assert _map_sizes(timm.create_model("s7_strided")) == [32, 16, 8, 4]
 
 
-def test_dilated_net_has_no_stride_and_shrinks_by_unpadded_dilation():
-    net = timm.create_model("s7_dilated")
+@pytest.mark.parametrize("name", ["s7_dilated", "s7_dilated_v1"])
+def test_dilated_net_has_no_stride_and_shrinks_by_unpadded_dilation(name):
+    net = timm.create_model(name)
     assert _map_sizes(net) == [32, 28, 20, 4]
     assert all(r.stride == 1 for r in rf_table(net))
 
@@ -47,7 +48,8 @@ def test_headline_net_keeps_c3_at_16x16_and_c4_at_8x8():
     assert _map_sizes(timm.create_model("s7_v1")) == [32, 16, 8, 8]
 
 
-@pytest.mark.parametrize("net,candidate", [("s7", "s7_cand_d"), ("s7_strided", "s7_cand_d_strided")])
+@pytest.mark.parametrize("net,candidate", [("s7", "s7_cand_d"), ("s7_strided", "s7_cand_d_strided"),
+                                           ("s7_dilated", "s7_cand_a_dilated")])
 def test_a_promoted_candidate_builds_its_nets_weights_seed_for_seed(net, candidate):
     """The runs made under a candidate's name are runs of the net it became: same layers, same initial weights."""
     built = []
@@ -59,7 +61,8 @@ def test_a_promoted_candidate_builds_its_nets_weights_seed_for_seed(net, candida
 
 
 @pytest.mark.parametrize("old,run", [("s7_v1", "archive/make-train-cpu-s7v1"),
-                                     ("s7_strided_v1", "archive/s7_strided-cpu-v1")])
+                                     ("s7_strided_v1", "archive/s7_strided-cpu-v1"),
+                                     ("s7_dilated_v1", "archive/s7_dilated-cpu-v1")])
 def test_a_replaced_layout_still_builds_the_net_of_its_archived_run(old, run):
     from trainer.runfolder import read_facts
 

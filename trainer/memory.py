@@ -2,7 +2,7 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
 free, and trims the heap's top; a CPU training step frees and reallocates its large activations every step, so
-each step faults all their pages in again (s7_dilated on a 2-core Xeon: about 100,000 page faults a second, a
+each step faults all their pages in again (s7_dilated_v1 on a 2-core Xeon: about 100,000 page faults a second, a
 fifth of the process's CPU time in the kernel). PyTorch's CPU guide answers this by preloading jemalloc or
 tcmalloc (`torch.backends.xeon.run_cpu`), which needs a library installed and a relaunch; mallopt from the
 running process needs neither, so it is set here.

@@ -71,8 +71,8 @@ def load_classifier(path: str, model_name: str | None = None) -> tuple[torch.nn.
     """The model with its weights and its meta (classes, mean, std), all without unpickling. `path`: a run
     folder, checkpoint folder, weights folder or .safetensors file, or a W&B model artifact
     (`entity/project/name:alias`). The net is the one `weights_meta` finds; `model_name` only where none is
-    found, and refused where it names another (s7 and s7_dilated share every tensor shape, so the weights
-    would load into the wrong net without complaint)."""
+    found, and refused where it names another (s7_v1, s7_strided_v1 and s7_dilated_v1 share every tensor shape,
+    so the weights would load into the wrong net without complaint)."""
     weights = _weights_file(weights_path(path))  # a W&B artifact reference is downloaded first (online)
     state, meta = load_weights(weights)
     meta, source = weights_meta(weights, meta)
