@@ -93,6 +93,9 @@ declare -A RUNS=(
     # The equal-time half of that pair: the candidate runs twice s7_dilated's images per second, so 8 of its epochs
     # cost what 4 of s7_dilated's did (549 s against 1,073 s).
     [d8-cand_a_dilated-default]="--config configs/s7.yaml --model s7_cand_a_dilated --epochs 8"
+    # Issue 16, the lead left for the long targets: candidate B's gated mixed-kernel blocks on s7's short recipe
+    # (SGD), against s7's a12-d-lightaug (83.98 % at 12 epochs); its only run so far was AdamW at 4 epochs.
+    [a12-b-short]="--config configs/s7_short.yaml --model s7_cand_b --epochs 12 --val-split 0"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -101,7 +104,7 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
        v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default
-       d8-cand_a_dilated-default)
+       d8-cand_a_dilated-default a12-b-short)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
