@@ -39,8 +39,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
-from models.nets import (CIFAR10_MEAN, CIFAR10_STD, DILATED_WIDTHS, STRIDED_WIDTHS, S7Net, build_dilated, build_s7,
-                         build_strided)
+from models.nets import CIFAR10_MEAN, CIFAR10_STD, STRIDED_WIDTHS, S7Net, build_dilated, build_s7, build_strided
 from models.registry import register
 
 
@@ -169,4 +168,4 @@ def s7_cand_a_strided(pretrained: bool = False, **kwargs) -> S7Net:
 @register("dilated")
 def s7_cand_a_dilated(pretrained: bool = False, **kwargs) -> S7Net:
     """Candidate A's full-conv front under s7_dilated's rule; `s7_dilated` since 2026-12-06."""
-    return build_model_with_cfg(build_dilated, "s7_cand_a_dilated", pretrained, widths=DILATED_WIDTHS, **kwargs)
+    return build_model_with_cfg(build_dilated, "s7_cand_a_dilated", pretrained, **kwargs)

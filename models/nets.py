@@ -202,9 +202,9 @@ default_cfgs = generate_default_cfgs({
     "s7.cifar10": _cfg("s7"),
     "s7_strided.cifar10": _cfg("s7_strided"),
     "s7_dilated.cifar10": _cfg("s7_dilated"),
-    "s7_v1.untrained": {k: v for k, v in _cfg("s7_v1").items() if k != "file"},
-    "s7_strided_v1.untrained": {k: v for k, v in _cfg("s7_strided_v1").items() if k != "file"},
-    "s7_dilated_v1.untrained": {k: v for k, v in _cfg("s7_dilated_v1").items() if k != "file"},
+    # the replaced layouts ship no weights: no `file` to load
+    **{f"{name}.untrained": {k: v for k, v in _cfg(name).items() if k != "file"}
+       for name in ("s7_v1", "s7_strided_v1", "s7_dilated_v1")},
 })
 
 
