@@ -295,23 +295,77 @@ def cpu_target_verdict(key: str, rows: list[dict], info: dict) -> tuple[str, boo
             met and _within(wall, t.seconds))
 
 
-def block_cpu_targets() -> str:
-    """Issue 16's table against the committed CPU runs, each verdict computed from the run's files."""
+CPU_TARGETS_PNG = RESULTS / "compare" / "cpu_targets.png"
+
+
+def _cpu_target_runs() -> list[tuple[CpuTarget, list[dict], str, bool]]:
+    """(target, its committed run's metrics rows, what they measured, met) for each of issue 16's targets; rows are
+    empty for a run not committed (then never met)."""
     from trainer.runfolder import read_metrics
 
+    out = []
+    for t in CPU_TARGETS.values():
+        run = RESULTS / t.run
+        rows = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+        out.append((t, rows, *(cpu_target_verdict(t.key, rows, _info(run)) if rows else ("not run", False))))
+    return out
+
+
+def block_cpu_targets() -> str:
+    """Issue 16's table against the committed CPU runs, each verdict computed from the run's files; below it the
+    curves of the runs that fall short (`draw_cpu_targets_figure`)."""
     lines = ["| target | run | measured: test accuracy without / with flip TTA, final epoch | met |",
              "|---|---|---|---|"]
-    for t in CPU_TARGETS.values():
-        target, name = t.label, t.run
-        run = RESULTS / name
-        rows = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
-        if not rows:
-            lines.append(f"| {target} | {name} | not run | no |")
-            continue
-        measured, met = cpu_target_verdict(t.key, rows, _info(run))
-        lines.append(f"| {target} | [{name}](results/{name}/report.md) | {measured} | {'**yes**' if met else 'no'} |")
-    return "\n".join(lines + ["", "One seed each (seed 0). Time is the trainer's wall clock from process start to the "
-                               "end of the epoch named, on a host whose speed swings (see each run's where)."])
+    judged = _cpu_target_runs()
+    for t, rows, measured, met in judged:
+        run = f"[{t.run}](results/{t.run}/report.md)" if rows else t.run
+        lines.append(f"| {t.label} | {run} | {measured} | {'**yes**' if met else 'no'} |")
+    lines += ["", "One seed each (seed 0). Time is the trainer's wall clock from process start to the end of the "
+                  "epoch named, on a host whose speed swings (see each run's where)."]
+    if any(rows and not met for _, rows, _, met in judged):
+        lines += ["", f"![the curves of the runs short of their targets]({CPU_TARGETS_PNG.relative_to(ROOT)})"]
+    return "\n".join(lines)
+
+
+def draw_cpu_targets_figure(path: Path = CPU_TARGETS_PNG) -> int:
+    """One panel per target whose committed run falls short: the run's test accuracy without and with flip TTA and
+    its training accuracy on augmented batches per epoch, the target's thresholds as horizontal lines. Returns the
+    panels drawn (none: no figure). Written by `make readme`, never by --check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from trainer.tools.plots import epoch_axis, series
+
+    short = [(t, rows) for t, rows, _, met in _cpu_target_runs() if rows and not met]
+    if not short:
+        return 0
+    cols = min(len(short), 2)
+    nrows = (len(short) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 3.8 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(short):]:
+        ax.axis("off")
+    for ax, (t, rows) in zip(axes.flat, short):
+        epochs = [r["epoch"] for r in rows]
+        for key, style, label in (("test_acc", "-", "test, no TTA"), ("test_acc_tta", "--", "test, flip TTA"),
+                                  ("train_acc", ":", "train, augmented batches")):
+            values = series(rows, key)
+            if values is not None:
+                ax.plot(epochs, values, style, marker="o", markersize=2, label=label)
+        ax.axhline(t.acc, color="black", linewidth=0.8, label=f"target {t.acc:g} %, no TTA")
+        if t.tta is not None:
+            ax.axhline(t.tta, color="gray", linewidth=0.8, linestyle="--", label=f"target {t.tta:g} %, flip TTA")
+        epoch_axis(ax, epochs)
+        ax.set_ylim(top=max(ax.get_ylim()[1], max(t.acc, t.tta or 0) + 2))
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{t.label.replace('`', '')}\nrun: {t.run}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return len(short)
 
 
 def block_evaluate() -> str:
@@ -559,6 +613,7 @@ def main() -> int:
         return 0
     readme.write_text(render(text, BLOCKS))
     draw_compare_figure()
+    draw_cpu_targets_figure()
     return 0
 
 

@@ -208,3 +208,19 @@ def test_cpu_targets_block_says_not_run_for_a_missing_run_and_links_a_present_on
         "| [make-train-cpu](results/make-train-cpu/report.md) | 87.20 % / 88.00 % at epoch 1, make to exit 28.3 min "
         "| **yes** |")
     assert lines["| `s7_dilated`: ≥ 89 % without TTA"].endswith("| s7_dilated-cpu | not run | no |")
+
+
+@pytest.mark.parametrize("long_final, panels", [((90.5, 91.5, 7000), 1), ((91.5, 92.5, 7000), 0)])
+def test_cpu_targets_figure_draws_a_panel_for_each_committed_run_short_of_its_target(tmp_path, monkeypatch,
+                                                                                    long_final, panels):
+    b = _build_readme()
+    for name, rows, info in (("make-train-cpu", _rows((87.2, 88.0, 1600)), {"make_seconds": 1700}),
+                             ("s7-long-cpu", _rows((80.0, 81.0, 3000), long_final), {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        (tmp_path / name / "run_info.json").write_text(json.dumps(info))
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    png = tmp_path / "figure.png"
+    assert b.draw_cpu_targets_figure(png) == panels  # the four targets with no committed run draw nothing
+    assert png.is_file() is bool(panels)
+    assert ("![the curves of the runs short of their targets]" in b.block_cpu_targets()) is bool(panels)
