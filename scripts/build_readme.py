@@ -311,6 +311,11 @@ def _cpu_target_runs() -> list[tuple[CpuTarget, list[dict], str, bool]]:
     return out
 
 
+def _missed(judged: list[tuple[CpuTarget, list[dict], str, bool]]) -> list[tuple[CpuTarget, list[dict]]]:
+    """The targets whose committed run falls short, with its rows: the figure's panels."""
+    return [(t, rows) for t, rows, _, met in judged if rows and not met]
+
+
 def block_cpu_targets() -> str:
     """Issue 16's table against the committed CPU runs, each verdict computed from the run's files; below it the
     curves of the runs that fall short (`draw_cpu_targets_figure`)."""
@@ -322,23 +327,24 @@ def block_cpu_targets() -> str:
         lines.append(f"| {t.label} | {run} | {measured} | {'**yes**' if met else 'no'} |")
     lines += ["", "One seed each (seed 0). Time is the trainer's wall clock from process start to the end of the "
                   "epoch named, on a host whose speed swings (see each run's where)."]
-    if any(rows and not met for _, rows, _, met in judged):
+    if _missed(judged):
         lines += ["", f"![the curves of the runs short of their targets]({CPU_TARGETS_PNG.relative_to(ROOT)})"]
     return "\n".join(lines)
 
 
 def draw_cpu_targets_figure(path: Path = CPU_TARGETS_PNG) -> int:
-    """One panel per target whose committed run falls short: the run's test accuracy without and with flip TTA and
-    its training accuracy on augmented batches per epoch, the target's thresholds as horizontal lines. Returns the
-    panels drawn (none: no figure). Written by `make readme`, never by --check."""
+    """One panel per target whose committed run falls short: the run's accuracy curves as in its report's
+    accuracy.png, the target's thresholds as horizontal lines. Returns the panels drawn; with none, a figure left
+    from before is removed (the README no longer links it). Written by `make readme`, never by --check."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from trainer.tools.plots import epoch_axis, series
+    from trainer.tools.plots import ACC_LINES, draw_lines, epoch_axis
 
-    short = [(t, rows) for t, rows, _, met in _cpu_target_runs() if rows and not met]
+    short = _missed(_cpu_target_runs())
     if not short:
+        path.unlink(missing_ok=True)
         return 0
     cols = min(len(short), 2)
     nrows = (len(short) + cols - 1) // cols
@@ -346,16 +352,11 @@ def draw_cpu_targets_figure(path: Path = CPU_TARGETS_PNG) -> int:
     for ax in axes.flat[len(short):]:
         ax.axis("off")
     for ax, (t, rows) in zip(axes.flat, short):
-        epochs = [r["epoch"] for r in rows]
-        for key, style, label in (("test_acc", "-", "test, no TTA"), ("test_acc_tta", "--", "test, flip TTA"),
-                                  ("train_acc", ":", "train, augmented batches")):
-            values = series(rows, key)
-            if values is not None:
-                ax.plot(epochs, values, style, marker="o", markersize=2, label=label)
+        draw_lines(ax, rows, ACC_LINES, markersize=2)
         ax.axhline(t.acc, color="black", linewidth=0.8, label=f"target {t.acc:g} %, no TTA")
         if t.tta is not None:
             ax.axhline(t.tta, color="gray", linewidth=0.8, linestyle="--", label=f"target {t.tta:g} %, flip TTA")
-        epoch_axis(ax, epochs)
+        epoch_axis(ax, [r["epoch"] for r in rows])
         ax.set_ylim(top=max(ax.get_ylim()[1], max(t.acc, t.tta or 0) + 2))
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{t.label.replace('`', '')}\nrun: {t.run}", fontsize=9)

@@ -150,6 +150,13 @@ def _rows(*points: tuple[float, float, float]) -> list[dict]:
     return [{"epoch": i, "test_acc": a, "test_acc_tta": t, "wall_seconds": w} for i, (a, t, w) in enumerate(points, 1)]
 
 
+def _write_run(run: Path, rows: list[dict], info: dict) -> None:
+    """A committed run folder as the README builder reads it: metrics.jsonl and run_info.json."""
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "run_info.json").write_text(json.dumps(info))
+
+
 @pytest.mark.parametrize("rows, met", [
     (_rows((86.9, 87.5, 1700), (87.0, 87.6, 1850)), False),  # 87 % without TTA only at 30.8 min; TTA does not count
     (_rows((86.9, 87.5, 1700), (87.0, 87.6, 1790)), True),
@@ -198,10 +205,7 @@ def test_cpu_target_thresholds_make_both_the_label_and_the_verdict(monkeypatch):
 
 def test_cpu_targets_block_says_not_run_for_a_missing_run_and_links_a_present_one(tmp_path, monkeypatch):
     b = _build_readme()
-    run = tmp_path / "make-train-cpu"
-    run.mkdir()
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in _rows((87.2, 88.0, 1600))) + "\n")
-    (run / "run_info.json").write_text(json.dumps({"make_seconds": 1700}))
+    _write_run(tmp_path / "make-train-cpu", _rows((87.2, 88.0, 1600)), {"make_seconds": 1700})
     monkeypatch.setattr(b, "RESULTS", tmp_path)
     lines = {line.split(" | ")[0]: line for line in b.block_cpu_targets().splitlines() if line.startswith("| `")}
     assert lines["| `make train`: ≥ 87 % without TTA, make to exit ≤ 30 min"].endswith(
@@ -214,13 +218,12 @@ def test_cpu_targets_block_says_not_run_for_a_missing_run_and_links_a_present_on
 def test_cpu_targets_figure_draws_a_panel_for_each_committed_run_short_of_its_target(tmp_path, monkeypatch,
                                                                                     long_final, panels):
     b = _build_readme()
-    for name, rows, info in (("make-train-cpu", _rows((87.2, 88.0, 1600)), {"make_seconds": 1700}),
-                             ("s7-long-cpu", _rows((80.0, 81.0, 3000), long_final), {})):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-        (tmp_path / name / "run_info.json").write_text(json.dumps(info))
+    _write_run(tmp_path / "make-train-cpu", _rows((87.2, 88.0, 1600)), {"make_seconds": 1700})
+    _write_run(tmp_path / "s7-long-cpu", _rows((80.0, 81.0, 3000), long_final), {})
     monkeypatch.setattr(b, "RESULTS", tmp_path)
     png = tmp_path / "figure.png"
+    png.write_bytes(b"a figure from an earlier build")
     assert b.draw_cpu_targets_figure(png) == panels  # the four targets with no committed run draw nothing
-    assert png.is_file() is bool(panels)
+    assert png.is_file() is bool(panels)  # with nothing missed, the earlier figure is gone
+    assert not panels or png.read_bytes().startswith(b"\x89PNG")  # else redrawn
     assert ("![the curves of the runs short of their targets]" in b.block_cpu_targets()) is bool(panels)

@@ -32,6 +32,15 @@ def epoch_axis(ax, epochs: list[int]) -> None:
     ax.set_xlabel("epoch")
 
 
+def draw_lines(ax, rows: list[dict], lines: tuple[tuple[str, str], ...], markersize: float = 3) -> None:
+    """Each of `lines` ((row key, legend label) pairs) over epochs on `ax`; a column no epoch measured is left out."""
+    epochs = [r["epoch"] for r in rows]
+    for key, label in lines:
+        values = series(rows, key)
+        if values is not None:
+            ax.plot(epochs, values, marker="o", markersize=markersize, label=label)
+
+
 def plot(rows: list[dict], lines: tuple[tuple[str, str], ...], ylabel: str, path: Path,
          title: str = "", shipped_epoch: int | None = None) -> None:
     """One figure of `lines` ((row key, legend label) pairs) over epochs; a dashed line at the shipped epoch."""
@@ -42,10 +51,7 @@ def plot(rows: list[dict], lines: tuple[tuple[str, str], ...], ylabel: str, path
 
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
-    for key, label in lines:
-        values = series(rows, key)
-        if values is not None:
-            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+    draw_lines(ax, rows, lines)
     if shipped_epoch is not None:
         ax.axvline(shipped_epoch, color="gray", linestyle=":", label=f"shipped weights (epoch {shipped_epoch})")
     epoch_axis(ax, epochs)
