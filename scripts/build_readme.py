@@ -256,7 +256,7 @@ CPU_TARGETS = {t.key: t for t in (
     CpuTarget("make_train", "`make train`", "make-train-cpu", "make", 87, seconds=30 * 60),
     CpuTarget("long", "`s7` long", "s7-long-cpu", "final", 91, tta=92, seconds=150 * 60),
     CpuTarget("strided", "`s7_strided`", "s7_strided-long-cpu", "final", 90, seconds=150 * 60),
-    CpuTarget("dilated", "`s7_dilated`", "s7_dilated-cpu", "final", 89),
+    CpuTarget("dilated", "`s7_dilated`", "s7_dilated-long-cpu", "final", 89),
 )}
 
 

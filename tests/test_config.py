@@ -168,7 +168,8 @@ def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
 
 @pytest.mark.parametrize("recipe,run_dir,trained_as", [("s7_short", "ablations/a12-d-lightaug", "s7_cand_d"),
                                                      ("s7_strided", "s7_strided-cpu", "s7_strided"),
-                                                     ("s7_dilated", "s7_dilated-cpu", "s7_dilated")])
+                                                     ("s7_dilated", "s7_dilated-cpu", "s7_dilated"),
+                                                     ("s7_dilated_long", "s7_dilated-long-cpu", "s7_dilated")])
 def test_a_recipe_is_the_recipe_of_the_committed_run_it_cites(recipe, run_dir, trained_as):
     """A recipe quotes its committed run's figures: every training field must be what that run trained with (the
     run adds only where it ran: data, folders, names, the precision auto chose), and a net trained under a
