@@ -166,20 +166,22 @@ def test_momentum_help_says_when_it_is_held_and_when_it_cycles():
     assert "--cycle-momentum" in text and "--base-momentum" in text and "--max-momentum" in text
 
 
-@pytest.mark.parametrize("recipe,run_dir,trained_as", [("s7_short", "ablations/a12-d-lightaug", "s7_cand_d"),
-                                                     ("s7_strided", "s7_strided-cpu", "s7_strided"),
-                                                     ("s7_dilated", "s7_dilated-cpu", "s7_dilated"),
-                                                     ("s7_dilated_long", "s7_dilated-long-cpu", "s7_dilated")])
-def test_a_recipe_is_the_recipe_of_the_committed_run_it_cites(recipe, run_dir, trained_as):
-    """A recipe quotes its committed run's figures: every training field must be what that run trained with (the
-    run adds only where it ran: data, folders, names, the precision auto chose), and a net trained under a
-    candidate's name (s7_cand_d) is the recipe's net parameter for parameter."""
+@pytest.mark.parametrize("recipe,flags,run_dir,trained_as", [
+    ("s7_short", [], "ablations/a12-d-lightaug", "s7_cand_d"),
+    ("s7_strided", [], "s7_strided-cpu", "s7_strided"),
+    ("s7_dilated", [], "s7_dilated-cpu", "s7_dilated"),
+    ("s7_long", ["--model", "s7_dilated"], "s7_dilated-long-cpu", "s7_dilated"),
+])
+def test_a_recipe_is_the_recipe_of_the_committed_run_it_cites(recipe, flags, run_dir, trained_as):
+    """A recipe quotes its committed run's figures: every training field must be what that run trained with, given
+    the flags the recipe's comment names (the run adds only where it ran: data, folders, names, the precision auto
+    chose), and a net trained under a candidate's name (s7_cand_d) is the recipe's net parameter for parameter."""
     import timm
 
     import models  # noqa: F401  registers the nets
 
     run = TrainConfig.load(REPO / "results" / run_dir / "config.yaml")
-    cfg = resolve(["--config", str(REPO / "configs" / f"{recipe}.yaml")])
+    cfg = resolve(["--config", str(REPO / "configs" / f"{recipe}.yaml"), *flags])
     where = {"recipe", "data", "data_dir", "out", "name", "resume", "wandb_mode", "mixed_precision"}
     differ = {f.name: (getattr(cfg, f.name), getattr(run, f.name)) for f in dataclasses.fields(TrainConfig)
               if f.name not in where and getattr(cfg, f.name) != getattr(run, f.name)}
