@@ -100,6 +100,11 @@ declare -A RUNS=(
     # on augmented batches level with test accuracy at the end) given the rest of the 150 minutes as epochs and a
     # lighter augmentation (the hole on a quarter of the images, rotation 5 degrees, no grayscale).
     [l150-s7-lighter]="--config configs/s7_long.yaml --epochs 150 --val-split 0 --dropout-p 0.25 --rotate-limit 5 --gray-p 0"
+    # Issue 16, an activation at no cost in parameters: s7 with GELU for every ReLU (s7_cand_e) on the short recipe,
+    # validation split, against v12-base; then both on seed 1, since one seed's noise is about 0.5 points.
+    [v12-gelu]="--config configs/s7_short.yaml --model s7_cand_e --epochs 12"
+    [v12-base-seed1]="--config configs/s7_short.yaml --epochs 12 --seed 1"
+    [v12-gelu-seed1]="--config configs/s7_short.yaml --model s7_cand_e --epochs 12 --seed 1"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -108,7 +113,7 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
        v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default
-       d8-cand_a_dilated-default a12-b-short l150-s7-lighter)
+       d8-cand_a_dilated-default a12-b-short l150-s7-lighter v12-gelu v12-base-seed1 v12-gelu-seed1)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+ActLayer = type[nn.Module]  # an activation class, built as act_layer(inplace=True) as timm's blocks build theirs
+
 
 def _same_padding(kernel: int, dilation: int) -> int:
     return dilation * (kernel - 1) // 2
@@ -14,12 +16,12 @@ class ConvBNAct(nn.Sequential):
     """A full 3x3 (or kxk) convolution, BatchNorm and ReLU. `padding=None` keeps the size at stride 1."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
-                 padding: int | None = None) -> None:
+                 padding: int | None = None, act_layer: ActLayer = nn.ReLU) -> None:
         pad = _same_padding(kernel, dilation) if padding is None else padding
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad, dilation=dilation, bias=False),
             nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
+            act_layer(inplace=True),
         )
 
 
@@ -30,44 +32,47 @@ class DepthwiseSeparableConv(nn.Module):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dilation: int = 1,
-                 padding: int | None = None, act_out: bool = True) -> None:
+                 padding: int | None = None, act_out: bool = True, act_layer: ActLayer = nn.ReLU) -> None:
         super().__init__()
         pad = _same_padding(3, dilation) if padding is None else padding
         self.depthwise = nn.Conv2d(c_in, c_in, 3, stride=stride, padding=pad, dilation=dilation,
                                    groups=c_in, bias=False)
         self.bn_dw = nn.BatchNorm2d(c_in)
+        self.act_dw = act_layer(inplace=True)
         self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=False)
         self.bn_pw = nn.BatchNorm2d(c_out)
-        self.act = nn.ReLU(inplace=True) if act_out else nn.Identity()
+        self.act = act_layer(inplace=True) if act_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn_dw(self.depthwise(x)))
+        x = self.act_dw(self.bn_dw(self.depthwise(x)))
         return self.act(self.bn_pw(self.pointwise(x)))
 
 
 class ResidualDS(nn.Module):
     """Two depthwise-separable convs at constant width with an identity shortcut (size kept)."""
 
-    def __init__(self, channels: int, dilation: int = 1) -> None:
+    def __init__(self, channels: int, dilation: int = 1, act_layer: ActLayer = nn.ReLU) -> None:
         super().__init__()
-        self.conv1 = DepthwiseSeparableConv(channels, channels)
-        self.conv2 = DepthwiseSeparableConv(channels, channels, dilation=dilation, act_out=False)
+        self.conv1 = DepthwiseSeparableConv(channels, channels, act_layer=act_layer)
+        self.conv2 = DepthwiseSeparableConv(channels, channels, dilation=dilation, act_out=False, act_layer=act_layer)
+        self.act = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.conv2(self.conv1(x)))
+        return self.act(x + self.conv2(self.conv1(x)))
 
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two full 3x3 conv-BN (ReLU between, both with `dilation`), identity shortcut, ReLU after."""
 
-    def __init__(self, channels: int, dilation: int = 1) -> None:
+    def __init__(self, channels: int, dilation: int = 1, act_layer: ActLayer = nn.ReLU) -> None:
         super().__init__()
-        self.conv1 = ConvBNAct(channels, channels, dilation=dilation)
+        self.conv1 = ConvBNAct(channels, channels, dilation=dilation, act_layer=act_layer)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
+        self.act = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(self.conv1(x))))
+        return self.act(x + self.bn2(self.conv2(self.conv1(x))))
 
 
 class OutputHead(nn.Module):

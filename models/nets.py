@@ -27,7 +27,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
-from models.blocks import BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
+from models.blocks import ActLayer, BasicBlock, ConvBNAct, DepthwiseSeparableConv, OutputHead, ResidualDS
 from models.registry import register
 
 # Per-channel mean and std of the original CIFAR-10 training split, 0-1 scale (pixel units / 255): the
@@ -154,20 +154,22 @@ def build_s7_v1(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...
                          lambda: DepthwiseSeparableConv(widths[2], widths[3], dilation=2))
 
 
-def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = S7_WIDTHS) -> S7Net:
+def build_s7(num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = S7_WIDTHS,
+             act_layer: ActLayer = nn.ReLU) -> S7Net:
     """Full 3x3 convs at 32x32 (w1) and 16x16 (w2; the last two dilated), then a depthwise-separable stride-2
     transition widening to w3 at 8x8 and a depthwise-separable residual block there (its second conv dilated).
     A full 3x3 conv costs 9*w^2 parameters, affordable only where the channels are few; at 8x8, where they are
-    many, the depthwise-separable convs hold the width."""
+    many, the depthwise-separable convs hold the width. `act_layer` is every activation (ReLU: the shipped net)."""
     w1, w2, w3 = widths
+    act = dict(act_layer=act_layer)
     return S7Net(
-        c1=nn.Sequential(ConvBNAct(in_chans, w1), BasicBlock(w1)),          # 32x32: 3 full convs
-        t1=ConvBNAct(w1, w2, stride=2),                                     # -> 16x16, full conv
-        c2=BasicBlock(w2),                                                  # 16x16: 2 full convs
+        c1=nn.Sequential(ConvBNAct(in_chans, w1, **act), BasicBlock(w1, **act)),  # 32x32: 3 full convs
+        t1=ConvBNAct(w1, w2, stride=2, **act),                              # -> 16x16, full conv
+        c2=BasicBlock(w2, **act),                                           # 16x16: 2 full convs
         t2=nn.Identity(),                                                   # 16x16 kept
-        c3=BasicBlock(w2, dilation=2),                                      # 16x16: 2 full convs, dilation 2
-        t3=DepthwiseSeparableConv(w2, w3, stride=2),                        # -> 8x8, DS (widening)
-        c4=ResidualDS(w3, dilation=2),                                      # 8x8: DS, DS (dilated)
+        c3=BasicBlock(w2, dilation=2, **act),                               # 16x16: 2 full convs, dilation 2
+        t3=DepthwiseSeparableConv(w2, w3, stride=2, **act),                 # -> 8x8, DS (widening)
+        c4=ResidualDS(w3, dilation=2, **act),                               # 8x8: DS, DS (dilated)
         head=OutputHead(w3, num_classes),
     )
 

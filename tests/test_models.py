@@ -60,6 +60,25 @@ def test_a_promoted_candidate_builds_its_nets_weights_seed_for_seed(net, candida
     assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
 
 
+def test_candidate_e_is_s7_with_each_of_its_14_relus_a_gelu():
+    """Counted by hand from build_s7: C1's conv and BasicBlock (2), T1 (1), C2 and C3's BasicBlocks (2 each), T3's
+    depthwise-separable conv (2), C4's residual DS block (2 + 1 + the one after the sum): 14 activations."""
+    from timm.layers import GELU
+
+    nets = []
+    for name in ("s7", "s7_cand_e"):
+        torch.manual_seed(5)
+        nets.append(timm.create_model(name))
+    s7, cand_e = nets
+    assert sum(isinstance(m, nn.ReLU) for m in s7.modules()) == 14
+    assert sum(isinstance(m, GELU) for m in cand_e.modules()) == 14
+    assert not any(isinstance(m, nn.ReLU) for m in cand_e.modules())
+    assert all(torch.equal(a, b) for a, b in zip(s7.state_dict().values(), cand_e.state_dict().values()))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(s7.eval()(x), cand_e.eval()(x))
+
+
 @pytest.mark.parametrize("old,run", [("s7_v1", "archive/make-train-cpu-s7v1"),
                                      ("s7_strided_v1", "archive/s7_strided-cpu-v1"),
                                      ("s7_dilated_v1", "archive/s7_dilated-cpu-v1")])
@@ -81,7 +100,7 @@ def test_num_classes_changes_only_the_head():
     assert {k for k in shapes7 if shapes7[k] != shapes10[k]} == {"head.classifier.weight", "head.classifier.bias"}
 
 @pytest.mark.parametrize("name,transitions", [
-    ("s7_cand_a", None), ("s7_cand_b", None), ("s7_cand_c", None), ("s7_cand_d", None),
+    ("s7_cand_a", None), ("s7_cand_b", None), ("s7_cand_c", None), ("s7_cand_d", None), ("s7_cand_e", None),
     ("s7_cand_d_strided", "strided"), ("s7_cand_a_strided", "strided"), ("s7_cand_a_dilated", "dilated")])
 def test_issue9_candidates_pass_every_rule_and_stay_under_100k(name, transitions):
     from models.rules import check_model
