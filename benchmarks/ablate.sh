@@ -105,6 +105,11 @@ declare -A RUNS=(
     [v12-gelu]="--config configs/s7_short.yaml --model s7_cand_e --epochs 12"
     [v12-base-seed1]="--config configs/s7_short.yaml --epochs 12 --seed 1"
     [v12-gelu-seed1]="--config configs/s7_short.yaml --model s7_cand_e --epochs 12 --seed 1"
+    # Issue 16, the long target's open question: candidate B's gated mixed-kernel blocks led s7 mid-run at 12
+    # epochs, at a third of its speed. The long recipe on it for the 40 epochs that take less CPU time than
+    # s7-long-cpu's 130 (about 150 s an epoch against 54: 100 min against 117), full training split; BatchNorm
+    # shifts at the plain lr, a lever never run on this net.
+    [l40-cand_b-long]="--config configs/s7_long.yaml --model s7_cand_b --epochs 40 --val-split 0 --bn-bias-lr 1"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -113,7 +118,8 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        a20-dstrided-short aba4-eager-1 aba4-compile aba4-eager-2 v12-base
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
        v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default
-       d8-cand_a_dilated-default a12-b-short l150-s7-lighter v12-gelu v12-base-seed1 v12-gelu-seed1)
+       d8-cand_a_dilated-default a12-b-short l150-s7-lighter v12-gelu v12-base-seed1 v12-gelu-seed1
+       l40-cand_b-long)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
