@@ -1,5 +1,5 @@
-"""Building blocks of the s7 networks: conv-BN-ReLU, the depthwise-separable conv, residual blocks (full-conv and
-depthwise-separable), the GAP head."""
+"""Building blocks of the s7 networks: conv-BN-activation (ReLU unless a block is given timm's `act_layer`), the
+depthwise-separable conv, residual blocks (full-conv and depthwise-separable), the GAP head."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +13,8 @@ def _same_padding(kernel: int, dilation: int) -> int:
 
 
 class ConvBNAct(nn.Sequential):
-    """A full 3x3 (or kxk) convolution, BatchNorm and ReLU. `padding=None` keeps the size at stride 1."""
+    """A full 3x3 (or kxk) convolution, BatchNorm and the activation (ReLU unless `act_layer`). `padding=None` keeps
+    the size at stride 1."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
                  padding: int | None = None, act_layer: ActLayer = nn.ReLU) -> None:
@@ -62,7 +63,8 @@ class ResidualDS(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two full 3x3 conv-BN (ReLU between, both with `dilation`), identity shortcut, ReLU after."""
+    """ResNet basic block: two full 3x3 conv-BN (the activation between, both with `dilation`), identity shortcut,
+    the activation after."""
 
     def __init__(self, channels: int, dilation: int = 1, act_layer: ActLayer = nn.ReLU) -> None:
         super().__init__()
