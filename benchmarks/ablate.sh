@@ -106,9 +106,9 @@ declare -A RUNS=(
     [v12-base-seed1]="--config configs/s7_short.yaml --epochs 12 --seed 1"
     [v12-gelu-seed1]="--config configs/s7_short.yaml --model s7_cand_e --epochs 12 --seed 1"
     # Issue 16, the long target's open question: candidate B's gated mixed-kernel blocks led s7 mid-run at 12
-    # epochs, at a third of its speed. The long recipe on it for the 40 epochs that take less CPU time than
-    # s7-long-cpu's 130 (about 150 s an epoch against 54: 100 min against 117), full training split; BatchNorm
-    # shifts at the plain lr, a lever never run on this net.
+    # epochs, at a third of its speed. The long recipe on it for the 40 epochs estimated to take no more time than
+    # s7-long-cpu's 130 (a12-b-short's 150 s an epoch: 100 min against 117; it took 116 as the host slowed), full
+    # training split; BatchNorm shifts at the plain lr, a lever never run on this net.
     [l40-cand_b-long]="--config configs/s7_long.yaml --model s7_cand_b --epochs 40 --val-split 0 --bn-bias-lr 1"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd

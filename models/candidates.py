@@ -21,7 +21,8 @@ plain (non-residual) 3x3 stride-2 convs, a 1x1 conv to the classes before GAP an
   depthwise-separable stages at 8x8 and 4x4), the widths the CPU's bf16 tiles run fast. It became `s7_strided`
   (2026-12-06); the name stays registered, the same builder, for the runs made under it.
 - `s7_cand_e` (issue 16): `s7` with GELU for every ReLU, as the fast CIFAR-10 recipes activate; the same
-  parameters, its bare bf16 training step at 820 img/s against 837 for ReLU on this CPU (one probe, batch 512).
+  parameters and, in one probe of the bare bf16 training step on this CPU (synthetic batches of 512), no speed
+  cost that the probe could resolve (GELU 820 img/s, ReLU 837 and 891 before and after it).
 - `s7_cand_a_strided`, `s7_cand_a_dilated`: candidate A's idea (full convs where the maps are large and the
   channels few, depthwise-separable where they are small and many) under `s7_strided`'s rule (three 3x3
   stride-2 transitions) and `s7_dilated`'s (no stride: unpadded dilated transitions 32 -> 28 -> 20 -> 4).
