@@ -110,6 +110,10 @@ declare -A RUNS=(
     # s7-long-cpu's 130 (a12-b-short's 150 s an epoch: 100 min against 117; it took 116 as the host slowed), full
     # training split; BatchNorm shifts at the plain lr, a lever never run on this net.
     [l40-cand_b-long]="--config configs/s7_long.yaml --model s7_cand_b --epochs 40 --val-split 0 --bn-bias-lr 1"
+    # Issue 16, GELU at the long recipe's length: candidate E (s7 with GELU for each ReLU) led on both seeds of the
+    # 12-epoch recipe; the long recipe on it exactly as s7-long-cpu ran (130 epochs, full training split, test
+    # reported, flip and +-1 px shift TTA), so the two differ only in the activation.
+    [l130-cand_e-long]="--config configs/s7_long.yaml --model s7_cand_e --epochs 130 --val-split 0 --tta-shift 1"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -119,7 +123,7 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
        v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default
        d8-cand_a_dilated-default a12-b-short l150-s7-lighter v12-gelu v12-base-seed1 v12-gelu-seed1
-       l40-cand_b-long)
+       l40-cand_b-long l130-cand_e-long)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
