@@ -18,8 +18,11 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from runs import PYTHON, REPO, assert_same_metrics, copy_run, flags, sub_env, train_in_process, unfinished_copy
-from trainer import checkpoint
+import synthetic
+from runs import (PYTHON, REPO, assert_same_metrics, copy_run, flags, sub_env, train_in_process,
+                  train_until_interrupted, unfinished_copy)
+from trainer import checkpoint, tracking
+from trainer import main as trainer_main
 from trainer.config import TrainConfig, resume_hint
 from trainer.optim import make_optimizer
 from trainer.runfolder import read_metrics
@@ -321,3 +324,102 @@ def test_sigint_interrupts_a_run_started_with_sigint_ignored(data, tmp_path):
     rc, out = run_and_signal(flags(data, tmp_path, "bg"), signal.SIGINT, "epoch   1/4", sigint_ignored=True)
     assert rc == 130, out
     assert "interrupted (SIGINT) during epoch" in out
+
+
+# ---------------------------------------------------------------- 9. a start-up or a finish cut short
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _launch(argv: list[str]) -> int:
+    """train_in_process, with an interrupt that escapes the trainer (a traceback, no line) failing the test
+    instead of stopping the session."""
+    try:
+        return train_in_process(argv)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped trainer/main.py's main()")
+
+
+def test_an_interrupt_in_the_start_up_says_how_to_resume_and_the_resume_starts_at_epoch_0(data, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Ctrl-C once the run folder and its config.yaml exist, before epoch 0's checkpoint (here: as W&B starts):
+    one line saying how to go on, and --resume starts the run from epoch 0 with its saved config."""
+    run = tmp_path / "early"
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "init_wandb", _interrupt)
+        assert _launch(flags(data, tmp_path, "early", "--train-subset", "300", epochs=2)) == 130
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert said == [err.strip().splitlines()[-1]] and "Traceback" not in err, err
+    assert said[0].startswith("interrupted (SIGINT) in the start-up") and resume_hint(str(run)) in said[0]
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints").exists()
+
+    resume = ["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]
+    assert train_until_interrupted(resume, at_epoch=1) == 130  # stopped before any training step
+    assert "restarted from epoch 0 of 2 with the saved config" in capsys.readouterr().out
+    assert saved_epoch(run) == 0  # from here an ordinary resume
+
+
+def test_a_folder_with_its_config_but_no_checkpoint_or_row_is_resumable_not_complete_or_an_error(tmp_path):
+    """What a start-up cut short leaves: --resume takes it (from epoch 0), with no data or model loaded to say so."""
+    from trainer.config import resolve
+    from trainer.runstart import stopped_in_startup
+
+    run = tmp_path / "cut"
+    run.mkdir()
+    TrainConfig(epochs=2, wandb_mode="disabled").save(run / "config.yaml")
+    assert stopped_in_startup(run) and trainer_main.completed(resolve(["--resume", str(run)])) is None
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')  # an epoch ran, then its checkpoints were lost
+    assert not stopped_in_startup(run)
+
+
+def test_a_resumed_segment_counts_its_wall_clock_from_its_own_process_start(baseline, tmp_path, monkeypatch):
+    """wall_seconds = the time saved with the checkpoint + this launch's time since its process start, its
+    start-up included: a process made to look 1000 s old shows up whole in the resumed epoch's figure."""
+    run = unfinished_copy(baseline, tmp_path / "segment")
+    before = checkpoint.read_state(checkpoint.latest_checkpoint(run))["elapsed_before"]
+    monkeypatch.setattr(trainer_main, "process_start", lambda: time.time() - 1000.0)
+    assert train_in_process(["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]) == 0
+    wall = read_metrics(run)[-1]["wall_seconds"]
+    assert before + 1000.0 < wall < before + 1000.0 + 300.0
+
+
+def test_resume_on_other_data_is_refused_in_one_line_and_writes_nothing(baseline, tmp_path, capsys):
+    other = synthetic.write_tree(tmp_path / "other", n_train=20, n_test=5, seed=1)  # same classes, fewer images
+    run = unfinished_copy(baseline, tmp_path / "moved")
+    before = _files(run)
+    capsys.readouterr()
+    assert train_in_process(["--resume", str(run), "--data", str(other), "--data-dir", str(tmp_path / "cache"),
+                             "--workers", "0", "--wandb-mode", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {other}: not the data this run trained on (images per class")
+    assert err.count("\n") == 1 and _files(run) == before
+
+
+def test_resume_takes_the_runs_data_named_again_from_another_folder(baseline, data, tmp_path, capsys, monkeypatch):
+    """The run's config.yaml names its data by a path that may not hold from here: --data names it again."""
+    run = unfinished_copy(baseline, tmp_path / "elsewhere")
+    done = saved_epoch(run)
+    monkeypatch.chdir(data.tree.parent)
+    argv = ["--resume", str(run), "--data", data.tree.name, "--data-dir", str(data.cache), "--workers", "0",
+            "--wandb-mode", "disabled"]
+    assert train_until_interrupted(argv, at_epoch=done + 1) == 130  # past the data check, before a training step
+    assert f"resumed from epoch {done} of 4" in capsys.readouterr().out
+
+
+def test_an_interrupt_in_the_final_upload_leaves_the_run_for_resume_to_finish(baseline, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The last epoch is saved but the report and W&B upload were cut short: --resume must finish them, not call
+    the run complete. (The copy lacks report.md, as a run does between its last epoch and its finish.)"""
+    run = copy_run(baseline, tmp_path / "upload")
+    (run / "report.md").unlink()
+    resume = ["--resume", str(run), "--workers", "0", "--wandb-mode", "disabled"]
+    with monkeypatch.context() as m:
+        m.setattr(tracking, "wandb_files_and_summary", _interrupt)
+        assert _launch(resume) == 130
+    out = capsys.readouterr().out
+    assert "during the report and W&B upload after the last epoch" in out and resume_hint(str(run)) in out
+    assert not (run / "report.md").exists()
+    assert train_in_process(resume) == 0
+    assert "done: final test accuracy" in capsys.readouterr().out and (run / "report.md").is_file()

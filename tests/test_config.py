@@ -190,3 +190,101 @@ def test_a_recipe_is_the_recipe_of_the_committed_run_it_cites(recipe, flags, run
               for n in (cfg.model, run.model)]
     assert shapes[0] == shapes[1]
     assert (run.mixed_precision, cfg.mixed_precision) == ("bf16", "auto")  # what auto chose on that CPU
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--momentum", "0"], "--momentum must be above 0 with --optimizer sgd"),
+    (["--optimizer", "adamw", "--momentum", "1"], "--momentum must be below 1"),
+    (["--optimizer", "adamw", "--cycle-momentum", "true", "--max-momentum", "1"], "--max-momentum must be below 1"),
+    (["--weight-decay", "-0.0001"], "--weight-decay must be 0 or more, not -0.0001"),
+    (["--weight-decay=-1e-4"], "--weight-decay must be 0 or more"),
+])
+def test_an_optimizer_value_torch_would_refuse_is_a_one_line_error_naming_the_flag(argv, message):
+    with pytest.raises(SystemExit) as e:
+        resolve(argv)
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scale-limit", "1.5"], "--scale-limit must be at least 0 and below 1"),
+    (["--scale-limit", "1"], "--scale-limit must be at least 0 and below 1"),
+    (["--scale-limit", "-0.1"], "--scale-limit must be at least 0 and below 1"),
+    (["--shift-limit", "-0.1"], "--shift-limit must be between 0 and 0.5"),
+    (["--shift-limit", "0.6"], "--shift-limit must be between 0 and 0.5"),
+    (["--rotate-limit", "181"], "--rotate-limit must be between 0 and 180 degrees"),
+    (["--rotate-limit", "-5"], "--rotate-limit must be between 0 and 180 degrees"),
+    (["--ema-decay", "1", "--ema-warmup", "false"], "--ema-decay must be below 1"),
+])
+def test_an_augmentation_range_or_ema_decay_out_of_bounds_is_a_one_line_error_naming_the_flag(argv, message):
+    with pytest.raises(SystemExit) as e:
+        resolve(argv)
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [["--ema-decay", "0"], ["--optimizer", "adamw", "--momentum", "0"],
+                                  ["--shift-limit", "0.5"], ["--scale-limit", "0"], ["--rotate-limit", "180"],
+                                  ["--weight-decay", "0"]])
+def test_the_edges_of_the_checked_ranges_are_accepted(argv):
+    resolve(argv)  # 0 = no EMA; AdamW's beta1 may be 0; the limits themselves are allowed
+
+
+@pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "sweep.yaml"),
+                         ids=lambda p: p.name)
+def test_every_committed_recipe_passes_the_checks(recipe):
+    resolve(["--config", str(recipe)])
+
+
+def test_a_recipe_that_names_a_run_to_resume_is_refused_naming_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: s7\nresume: runs/old\n")
+    with pytest.raises(SystemExit) as e:
+        resolve(["--config", str(recipe)])
+    msg = str(e.value)
+    assert msg.startswith(f"error: {recipe}: `resume` cannot be set in a recipe") and "\n" not in msg
+    recipe.write_text("model: s7\nresume: null\nepochs: 3\n")  # as every saved config.yaml has it: a new run
+    assert resolve(["--config", str(recipe)]).resume is None
+
+
+@pytest.mark.parametrize("flag, value", [("--name", "other"), ("--out", "elsewhere")])
+def test_resume_refuses_another_name_or_out_and_takes_the_runs_own(tmp_path, flag, value):
+    run = _saved_run(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        resolve(["--resume", str(run), flag, value])
+    msg = str(e.value)
+    assert msg.startswith("error: --resume keeps the run's saved config; refused: ") and "\n" not in msg
+    assert f"{flag} {value} (saved: " in msg
+    cfg = resolve(["--resume", str(run), "--name", "run1", "--out", str(tmp_path)])  # the folder --resume names
+    assert (cfg.name, cfg.out) == ("run1", str(tmp_path))
+
+
+def test_resume_takes_data_and_data_dir_given_again(tmp_path):
+    """A relative --data saved by a launch from another folder: the run names where its data lives now."""
+    run = _saved_run(tmp_path)
+    cfg = resolve(["--resume", str(run), "--data", "/data/elsewhere.tar.gz", "--data-dir", "/tmp/cache"])
+    assert (cfg.data, cfg.data_dir, cfg.lr) == ("/data/elsewhere.tar.gz", "/tmp/cache", 0.05)
+
+
+def _flag_help(text: str, flag: str) -> str:
+    """One flag's help in `--help`'s text, on one line."""
+    return " ".join(text.split(f"\n  {flag} ", 1)[1].split("\n  --", 1)[0].split())
+
+
+def test_help_shows_the_default_recipes_values_where_it_sets_them():
+    """A plain launch reads configs/s7.yaml: --help's defaults are its values (read here from the file), and the
+    dataclass's only for fields the recipe leaves alone."""
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "configs" / "s7.yaml").read_text())
+    text = build_parser().format_help()
+    for name in ("epochs", "batch_size", "lr"):
+        flag = "--" + name.replace("_", "-")
+        assert f"(default {recipe[name]!r}, from configs/s7.yaml)" in _flag_help(text, flag), name
+    unset = next(f for f in dataclasses.fields(TrainConfig) if f.name not in recipe and f.name != "recipe")
+    assert _flag_help(text, "--" + unset.name.replace("_", "-")).endswith(f"(default {unset.default!r})")
+
+
+def test_model_help_lists_every_registered_net():
+    import models
+
+    shown = _flag_help(build_parser().format_help(), "--model")
+    assert all(name in shown for name in models.ALL_NAMES) and "s7_cand_a" in shown

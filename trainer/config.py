@@ -27,7 +27,8 @@ class TrainConfig:
     """Every knob of a run. Defaults are the first `s7` recipe (the assignment's augmentation, SGD lr 0.2 at batch
     256); configs/*.yaml override them, configs/<model>.yaml for each net."""
 
-    model: str = _opt("s7", "timm-registered net: s7, s7_strided or s7_dilated")
+    model: str = _opt("s7", "timm-registered net: s7, s7_strided, s7_dilated or another that models/ registers "
+                            "(--help lists them all)")
     recipe: str = _opt("", "name of the YAML recipe this config came from (used in run names)")
     # data
     data: str | None = _opt(None, "image-folder tree DIR/{train,test}/<class>/* or a .tar(.gz) of one; "
@@ -150,6 +151,8 @@ class TrainConfig:
                      "bn_momentum", "momentum", "base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(name, f"must be between 0 and 1, not {getattr(self, name)}")
+        self._check_optimizer()
+        self._check_augmentation()
         for name in ("lr", "div_factor", "final_div_factor", "bn_bias_lr"):
             if not getattr(self, name) > 0:
                 _fail(name, f"must be positive, not {getattr(self, name)}")
@@ -162,6 +165,29 @@ class TrainConfig:
         if self.cycle_momentum and self.base_momentum > self.max_momentum:
             _fail("base_momentum", f"({self.base_momentum}) must not exceed --max-momentum ({self.max_momentum})")
         return self
+
+    def _check_optimizer(self) -> None:
+        """What torch's SGD and AdamW would refuse, or silently train nothing with, said before any data work."""
+        for name in ("momentum", "base_momentum", "max_momentum"):
+            if getattr(self, name) == 1.0:  # SGD's velocity would never decay; AdamW's beta1 must be below 1
+                _fail(name, f"must be below 1 (the weight of the past in a running average), not {getattr(self, name)}")
+        if self.optimizer == "sgd" and self.momentum == 0.0:
+            _fail("momentum", f"must be above 0 with --optimizer sgd (Nesterov needs momentum), not {self.momentum}")
+        if self.weight_decay < 0:
+            _fail("weight_decay", f"must be 0 or more, not {self.weight_decay}")
+
+    def _check_augmentation(self) -> None:
+        """Ranges that make an image (a shift past the middle, a zoom to nothing or less) or an average (the
+        weights' EMA at decay 1 never moves off the random init) that cannot be meant."""
+        if not 0.0 <= self.shift_limit <= 0.5:
+            _fail("shift_limit", f"must be between 0 and 0.5 (a fraction of the side), not {self.shift_limit}")
+        if not 0.0 <= self.scale_limit < 1.0:
+            _fail("scale_limit", f"must be at least 0 and below 1 (zoom 1 - s to 1 + s), not {self.scale_limit}")
+        if not 0.0 <= self.rotate_limit <= 180.0:
+            _fail("rotate_limit", f"must be between 0 and 180 degrees, not {self.rotate_limit}")
+        if self.ema_decay == 1.0:
+            _fail("ema_decay", f"must be below 1 (0 = no weight average; at 1 the average never leaves the random "
+                               f"init), not {self.ema_decay}")
 
     def peak_lr(self, num_processes: int = 1) -> float:
         """The OneCycle peak learning rate a run uses: --lr scaled by --lr-scaling from --base-batch-size to the
@@ -181,8 +207,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """config.yaml's text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(self.to_yaml())
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -203,8 +233,13 @@ RETIRED_KEYS: dict[str, Any] = {
 # committed run has `compile: false`); it is now the torch.compile mode.
 LEGACY_VALUES: dict[str, dict[bool, Any]] = {"compile": {False: "none", True: "default"}}
 
-# Given with --resume, these may differ from the saved run: they change nothing the run computes.
-RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data_dir", "non_blocking")
+# Given with --resume, these may differ from the saved run: they change nothing the run computes. --data names
+# where the same data lives now (a relative path saved by a launch from another folder); the trainer refuses a
+# source whose class names or per-class image counts differ from those the run's checkpoint recorded.
+RESUME_OVERRIDABLE = ("workers", "wandb_mode", "data", "data_dir", "non_blocking")
+
+# Fields a recipe must not set: they say which run folder a launch continues, which only --resume may.
+LAUNCH_ONLY = ("resume",)
 
 
 def resume_hint(run: str = "runs/<name>", processes: int = 1) -> str:
@@ -295,22 +330,55 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SystemExit(f"error: {message}")
 
 
+def default_recipe() -> Path:
+    """The recipe a launch without --config or --model reads: configs/<the default --model>.yaml."""
+    return CONFIG_DIR / f"{TrainConfig.model}.yaml"
+
+
+def _default_text(f: dataclasses.Field, recipe: dict[str, Any], recipe_name: str) -> str:
+    """What runs when the flag is not given, and from where: the default recipe's value where it sets one."""
+    if f.name in recipe:
+        return f"default {recipe[f.name]!r}, from {recipe_name}".replace("%", "%%")
+    return f"default {f.default!r}".replace("%", "%%")
+
+
+def _model_help() -> str:
+    """--model's help, naming every net models/ registers (the import costs nothing in the trainer, which has
+    imported models already)."""
+    import models
+
+    others = [n for n in models.ALL_NAMES if n not in models.MODEL_NAMES]
+    return (f"timm-registered net: shipped {', '.join(models.MODEL_NAMES)}; also registered in models/ "
+            f"{', '.join(others)}; any other timm model with --allow-rule-violations")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Flags for every config field (`--batch-size` for batch_size), plus --config."""
+    """Flags for every config field (`--batch-size` for batch_size), plus --config. Each flag's help shows the
+    value a plain launch uses: the default recipe's (read now), else the dataclass default."""
+    recipe_path = default_recipe()
+    recipe_name = f"{CONFIG_DIR.name}/{recipe_path.name}"
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    try:
+        values = {"recipe": recipe_path.stem, **_checked(_read_yaml(recipe_path), recipe_name)}
+        recipe = {k: _check_type(k, v, types[k]) for k, v in values.items()}  # `lr: 1e-3` shown as 0.001
+    except (OSError, SystemExit):  # missing or broken: a launch says so; --help shows the dataclass defaults
+        recipe = {}
     p = _OneLineParser(
         prog="trainer/main.py",
         allow_abbrev=False,  # `--epoch 3` is a typo to name, not --epochs
         description="Train an s7 network on CIFAR-10 with Hugging Face Accelerate. "
         "Values come from the dataclass defaults, then the model's recipe configs/<model>.yaml "
-        "(or --config FILE), then these flags. A run continues from its last completed epoch with its saved "
-        f"config ({resume_hint()}).",
+        f"(or --config FILE), then these flags. The defaults below are those of a plain launch: {recipe_name} "
+        "(the recipe of the default --model) where it sets a value, else the dataclass's; with another --model "
+        "or --config, that recipe's values apply instead. A run continues from its last completed epoch with its "
+        f"saved config ({resume_hint()}).",
     )
     p.add_argument("--config", help="YAML recipe (default: configs/<model>.yaml when it exists)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default_txt = f.default if f.default is not dataclasses.MISSING else None
+        text = _model_help() if f.name == "model" else f.metadata.get("help", "")
         p.add_argument(flag, dest=f.name, type=_flag_type(f), default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata.get('help', '')} (default {default_txt!r})")
+                       help=f"{text} ({_default_text(f, recipe, recipe_name)})")
     return p
 
 
@@ -329,23 +397,29 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         raise SystemExit(f"error: config file not found: {recipe_path}")
     if recipe_path.is_file():
         values = _checked(_read_yaml(recipe_path), str(recipe_path))
+        for key in LAUNCH_ONLY:
+            if values.get(key) is not None:  # `resume: null`, as every saved config.yaml has it, starts a new run
+                raise SystemExit(f"error: {recipe_path}: `{key}` cannot be set in a recipe; continue a run with "
+                                 f"--{key.replace('_', '-')} RUN, which keeps and checks its saved config")
         values.setdefault("recipe", recipe_path.stem)
     values.update(flags)
     return TrainConfig(**values).check()
 
 
 def resumed(flags: dict[str, Any]) -> TrainConfig:
-    """The saved config of the run named by flags["resume"]. Other flags given must equal the saved values,
-    except RESUME_OVERRIDABLE ones, which replace them; a differing flag is refused, never dropped silently."""
+    """The saved config of the run named by flags["resume"]. Other flags given must equal the saved values (--name
+    and --out: the folder --resume names), except RESUME_OVERRIDABLE ones, which replace them; a differing flag is
+    refused, never dropped silently."""
     run = Path(flags["resume"])
     path = run / "config.yaml"
     if not path.is_file():
         raise SystemExit(f"error: --resume {run}: not a run folder (no config.yaml)")
     saved = TrainConfig.load(path)
-    changed = [k for k, v in flags.items()
-               if k not in RESUME_OVERRIDABLE and k not in ("resume", "name", "out") and getattr(saved, k) != v]
+    kept = {**saved.to_dict(), "name": run.name, "out": str(run.parent)}  # the folder is the run's name and place
+    changed = [k for k, v in flags.items() if k not in RESUME_OVERRIDABLE and k != "resume"
+               and (Path(v).resolve() != run.parent.resolve() if k == "out" else kept[k] != v)]
     if changed:
-        given = ", ".join(f"--{k.replace('_', '-')} {flags[k]} (saved: {getattr(saved, k)})" for k in changed)
+        given = ", ".join(f"--{k.replace('_', '-')} {flags[k]} (saved: {kept[k]})" for k in changed)
         raise SystemExit(f"error: --resume keeps the run's saved config; refused: {given} ({resume_hint(str(run))})")
     for name in set(RESUME_OVERRIDABLE) & set(flags):
         setattr(saved, name, flags[name])

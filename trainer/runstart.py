@@ -4,10 +4,12 @@ augmentation.txt) and the header lines of train.log."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from accelerate import Accelerator
@@ -18,7 +20,9 @@ from models.receptive_field import format_rf_table, receptive_field
 from models.rules import check_model, format_rules, required_transitions, summary_text
 from trainer import runfolder
 from trainer.augment import describe_pipeline
+from trainer.checkpoint import POINTER
 from trainer.config import RunError, TrainConfig
+from trainer.dataset import CifarData
 from trainer.precision import device_name
 from trainer.startup import cpu_epoch_estimate
 from trainer.text import counted
@@ -48,6 +52,53 @@ def claim_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
     if decided[1]:
         raise RunError(decided[1])
     return Path(cfg.out) / decided[0]
+
+
+def create_run_folder(run_dir: Path, cfg: TrainConfig) -> None:
+    """The run folder with its config.yaml, written atomically: from here on a launch cut short leaves a folder
+    that --resume continues (see `stopped_in_startup`). A cut between the two removes the folder it just made, so
+    no half-made folder blocks the next launch's --name."""
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:  # another launch took the name since claim_run_dir looked
+        raise RunError(f"{run_dir} already exists; pick another --name, or continue that run with "
+                       f"--resume {run_dir}") from None
+    try:
+        runfolder.write_atomic(run_dir / runfolder.CONFIG, cfg.to_yaml())
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def stopped_in_startup(run_dir: Path) -> bool:
+    """A run folder with its config.yaml but neither a checkpoint nor an epoch's row: its launch stopped during the
+    start-up (interrupted, or W&B failed to start) before epoch 0's checkpoint. --resume starts it again from epoch
+    0 with its saved config; a folder that has rows but lost its checkpoints stays a "no checkpoint" error."""
+    metrics = run_dir / runfolder.METRICS
+    return ((run_dir / runfolder.CONFIG).is_file()
+            and not (run_dir / runfolder.CHECKPOINTS_DIR / POINTER).is_file()
+            and not (metrics.is_file() and metrics.read_text().strip()))
+
+
+def data_identity(data: CifarData) -> dict[str, list]:
+    """What a checkpoint records of the data (class names, images per class in each split), so a resume given
+    another --data can tell the same data moved from other data."""
+    n = len(data.classes)
+    return {"classes": list(data.classes), "train": np.bincount(data.train_y, minlength=n).tolist(),
+            "test": np.bincount(data.test_y, minlength=n).tolist()}
+
+
+def check_same_data(saved: dict[str, list] | None, now: dict[str, list], data: str | None) -> None:
+    """Refuse to resume on data other than the run's; checkpoints from before the record (None) pass."""
+    if saved is None or saved == now:
+        return
+    if saved["classes"] != now["classes"]:
+        what = f"classes {', '.join(now['classes'])}; the run's: {', '.join(saved['classes'])}"
+    else:
+        what = (f"images per class {now['train']} train, {now['test']} test; "
+                f"the run's: {saved['train']}, {saved['test']}")
+    given = data if data is not None else "unset (torchvision's CIFAR-10)"
+    raise RunError(f"--data {given}: not the data this run trained on ({what}); give --data where the run's data is")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, list]:
@@ -100,9 +151,8 @@ def rules_verdict(rules: list) -> str:
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, model: torch.nn.Module, rules: list, rf_rows: list,
                     transform, accelerator: Accelerator) -> None:
-    """config.yaml, facts.json (the numbers tools read), and for people the rules, the torchinfo summary, the RF
-    table and the augmentation pipeline: once per run."""
-    cfg.save(run_dir / runfolder.CONFIG)
+    """facts.json (the numbers tools read), and for people the rules, the torchinfo summary, the RF table and the
+    augmentation pipeline: once per run, beside the config.yaml `create_run_folder` wrote."""
     runfolder.write_facts(run_dir, runfolder.facts(
         cfg.model, sum(p.numel() for p in model.parameters()), rf_rows[-1].rf if rf_rows else receptive_field(model),
         [dataclasses.asdict(r) for r in rules], device_name(accelerator), str(accelerator.mixed_precision),
@@ -147,5 +197,8 @@ def log_header(job: Any, n_params: int, rf: int, rules: list) -> None:
              f"{'best validation epoch' if n_val else 'final epoch'}")
     if not cuda and acc.is_main_process:
         cpu_epoch_estimate(job)
-    if cfg.resume:
+    if job.restarted:
+        log.line(f"restarted from epoch 0 of {cfg.epochs} with the saved config: the last launch stopped in its "
+                 "start-up, before epoch 0's checkpoint")
+    elif cfg.resume:
         log.line(f"resumed from epoch {job.start_epoch - 1} of {cfg.epochs}")
