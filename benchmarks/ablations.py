@@ -5,7 +5,6 @@ results/ablations/ (metrics.jsonl, config.yaml, facts.json), so no figure in it 
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ def table(folder: Path = ROOT / "results" / "ablations") -> str:
     """One row per run: net, parameters, recipe (differences from the trainer's defaults), final-epoch figures,
     and the machine (run_info.json's "where": img/s compare only within one machine)."""
     from trainer.config import TrainConfig
+    from trainer.runfolder import RUN_INFO, read_json
     from trainer.tools.results import run_results
 
     default = TrainConfig()
@@ -35,8 +35,7 @@ def table(folder: Path = ROOT / "results" / "ablations") -> str:
         speed = sum(r["images_per_second"] for r in res["rows"]) / len(res["rows"])
         val = "– (no split)" if final.get("val_acc") is None else f"{final['val_acc']:.2f}%"
         shift = "–" if final.get("test_acc_tta_shift") is None else f"{final['test_acc_tta_shift']:.2f}%"
-        info = run / "run_info.json"
-        where = json.loads(info.read_text()).get("where", "?") if info.is_file() else "?"
+        where = read_json(run / RUN_INFO).get("where", "?")
         lines.append(f"| {run.name} | `{cfg['model']}` | {res['parameters']:,} | {recipe or 'defaults'} | "
                      f"{final['epoch']} | {val} | {final['test_acc']:.2f}% | "
                      f"{final['test_acc_tta']:.2f}% | {shift} | {speed:.0f} | {where} | "

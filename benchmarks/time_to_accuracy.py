@@ -96,7 +96,7 @@ def loop_images_per_s(rows: list[dict]) -> float:
 def print_table(run_dir: Path, target: float) -> dict:
     """Per-epoch table, time to `target` test accuracy (without and with flip TTA), final-epoch accuracy and
     where the time went; returns the time_to_accuracy.json fields."""
-    from trainer.tools.report import pct
+    from trainer.tools.report import pct, reached_text
     from trainer.tools.results import run_results
 
     res = run_results(run_dir)  # the report's reading of the run folder (legacy rows upgraded)
@@ -123,9 +123,8 @@ def print_table(run_dir: Path, target: float) -> dict:
         "loop_images_per_s": loop_images_per_s(rows),
     }
     print()
-    for how, suffix in (("no TTA", ""), ("flip TTA", "_tta")):
-        epoch, seconds = out["epoch_to_target" + suffix], out["seconds_to_target" + suffix]
-        print(f"time to {target:g}% ({how}): " + (f"{seconds:.1f} s (epoch {epoch})" if epoch else "not reached"))
+    for how, suffix in (("no TTA", ""), ("flip TTA", "_tta")):  # in the report's words, with its measured_note
+        print(f"time to {target:g}% ({how}): {reached_text(res, suffix, cell=False)}")
     print(f"final test accuracy (epoch {res['epochs']}): {pct(out['final_test_acc'])} without TTA, "
           f"{pct(out['final_test_acc_tta'])} with flip TTA")
     print(f"time: start-up {out['startup_seconds']:.1f} s, training {out['train_seconds']:.1f} s "

@@ -80,7 +80,9 @@ def _name(run: Path) -> str:
 
 
 def _info(run: Path) -> dict:
-    return json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
+    from trainer.runfolder import RUN_INFO, read_json
+
+    return read_json(run / RUN_INFO)
 
 
 TTA_ONLY_NOTE = ("Runs from before issue 8 measured test accuracy with flip TTA only (mean logits of the image and "
@@ -135,9 +137,9 @@ def block_speed() -> str:
         later = res["rows"][1:] or res["rows"]
         loop = statistics.median(r["images_per_second"] for r in later)
         whole = statistics.median(r["images_per_second"] * r["train_seconds"] / r["epoch_seconds"] for r in later)
-        from trainer.runfolder import step_share, tta_at_some_epochs_only
+        from trainer.runfolder import measured_at_some_epochs_only, step_share
 
-        passes = ("flip TTA after the final epoch only" if tta_at_some_epochs_only(res["rows"])
+        passes = ("flip TTA after the final epoch only" if measured_at_some_epochs_only(res["rows"])
                   else "with and without flip TTA")
         lines += ["", f"In `{name}` the training loop ran at {loop:,.0f} img/s, "
                   f"{100 * loop / t['step_images_per_s']:.1f} % of the bare step; the whole epoch, the test pass "

@@ -174,8 +174,37 @@ def test_a_committed_run_folder_compares(capsys):
     (cells,) = parse_table(capsys.readouterr().out)
     assert cells["run"] == run.name and cells["epochs"] == str(rows[-1]["epoch"])
     assert cells["final test acc, no TTA"] == pct(rows[-1]["test_acc"])
-    # flip TTA is measured at the final epoch only in runs since 89407bd: the best is over the measured epochs
-    assert cells[f"{BEST}, flip TTA"] == pct(max(r["test_acc_tta"] for r in rows if r["test_acc_tta"] is not None))
+    # flip TTA is measured at the final epoch only in runs since 89407bd: the best is over the measured epochs,
+    # and the cell says when that is the final epoch alone
+    tta = [r for r in rows if r["test_acc_tta"] is not None]
+    only = " (measured at the final epoch only)" if tta == [rows[-1]] and len(rows) > 1 else ""
+    assert cells[f"{BEST}, flip TTA"] == pct(max(r["test_acc_tta"] for r in tta)) + only
+
+
+# delta: flip TTA measured at the final epoch only (tta_every_epoch false); 87% without TTA first at epoch 2
+DELTA = [{**row(e, a, None, 500.0), "test_loss_tta": None} for e, a in ((1, 84.0), (2, 87.5), (3, 86.0))]
+DELTA[-1].update(test_acc_tta=86.75, test_loss_tta=1.0)
+
+
+def test_flip_tta_at_the_final_epoch_only_is_said_in_its_best_and_reached_cells_and_the_legend(tmp_path):
+    run = fake_run(tmp_path, "delta", DELTA, {"model": "s7", "recipe": "s7", "target_acc": 87.0,
+                                              "tta_every_epoch": False})
+    text = compare_table([summarize(run)])
+    (cells,) = parse_table(text)
+    only = " (measured at the final epoch only)"
+    assert cells[f"{BEST}, flip TTA"] == pct(DELTA[-1]["test_acc_tta"]) + only  # the final figure, picked from nothing
+    assert cells["final test acc, flip TTA"] == pct(DELTA[-1]["test_acc_tta"])
+    assert cells[f"{BEST}, no TTA"] == pct(max(r["test_acc"] for r in DELTA))
+    hit = first_reaching(DELTA, "test_acc", 87.0)
+    assert cells["87% reached, no TTA"] == f"epoch {hit['epoch']}, {hit['wall_seconds']:.1f} s" == "epoch 2, 25.0 s"
+    assert cells["87% reached, flip TTA"] == f"not in {len(DELTA)} epochs" + only
+    legend = text.split("\n\n", 1)[1]
+    assert "(measured at the final epoch only)" in legend and "may have reached the target earlier" in legend
+
+
+def test_the_legend_explains_no_marking_that_no_cell_carries(three_runs):
+    text = compare_table([summarize(r) for r in three_runs])
+    assert "measured at" not in text  # every figure here was measured at every epoch or at none
 
 
 def test_a_wandb_offline_run_is_read_through_its_run_folder(three_runs, tmp_path):

@@ -108,6 +108,81 @@ def test_first_row_reaching_the_target_on_each_test_figure():
     assert (res["epoch_to_target_tta"], res["seconds_to_target_tta"]) == (2, 9.0)
 
 
+def tta_at(rows: list[dict], epochs: set[int]) -> list[dict]:
+    """`rows` with flip TTA measured at `epochs` alone (tta_every_epoch false measures it at the final one)."""
+    return [r if r["epoch"] in epochs else {**r, "test_acc_tta": None, "test_loss_tta": None} for r in rows]
+
+
+def first_at_or_above(rows: list[dict], key: str, target: float) -> dict | None:
+    """The first row whose `key` was measured and is at least `target`, counted by a plain loop."""
+    for r in rows:
+        if r[key] is not None and r[key] >= target:
+            return r
+    return None
+
+
+# flip TTA at the final epoch only: 87% without TTA at epoch 2; with flip TTA measured at epoch 3 alone
+FINAL_ONLY = tta_at([row(1, 80.0, 86.0), row(2, 88.0, 89.0), row(3, 86.0, 88.5)], {3})
+
+
+def test_target_reached_with_flip_tta_at_the_final_epoch_only_says_so_alike_in_report_and_compare(tmp_path):
+    from trainer.tools.compare import compare_table, summarize
+
+    run = make_run(tmp_path, FINAL_ONLY)
+    build_report(run)
+    report = results_table((run / "report.md").read_text())
+    cells = dict(zip(*_table(compare_table([summarize(run)]))))
+    only = " (measured at the final epoch only)"
+    assert report["87% test accuracy first reached, flip TTA"] == "epoch 3, 11.0 s wall from process start" + only
+    assert cells["87% reached, flip TTA"] == "epoch 3, 11.0 s" + only
+    assert report["87% test accuracy first reached, no TTA"] == "epoch 2, 9.0 s wall from process start"
+    assert cells["87% reached, no TTA"] == "epoch 2, 9.0 s"
+    # not reached: the one epoch measured was below the target, which an earlier epoch might have passed
+    run = make_run(tmp_path, tta_at([row(1, 80.0, 86.0), row(2, 82.0, 89.0), row(3, 84.0, 86.5)], {3}), name="low")
+    build_report(run)
+    cells = dict(zip(*_table(compare_table([summarize(run)]))))
+    assert results_table((run / "report.md").read_text())["87% test accuracy first reached, flip TTA"] == (
+        "not in 3 epochs" + only)
+    assert cells["87% reached, flip TTA"] == "not in 3 epochs" + only
+
+
+def test_with_flip_tta_every_epoch_the_target_is_reached_at_the_first_epoch_at_or_above_it(tmp_path):
+    from trainer.tools.compare import compare_table, summarize
+
+    rows = [row(1, 80.0, 85.0), row(2, 86.0, 87.0), row(3, 85.0, 86.5), row(4, 88.0, 89.0)]  # 87.0 is "at"
+    run = make_run(tmp_path, rows)
+    build_report(run)
+    report = results_table((run / "report.md").read_text())
+    cells = dict(zip(*_table(compare_table([summarize(run)]))))
+    for suffix, key in ((", no TTA", "test_acc"), (", flip TTA", "test_acc_tta")):
+        hit = first_at_or_above(rows, key, 87.0)
+        assert report[f"87% test accuracy first reached{suffix}"] == (
+            f"epoch {hit['epoch']}, {hit['wall_seconds']:.1f} s wall from process start")
+        assert cells[f"87% reached{suffix}"] == f"epoch {hit['epoch']}, {hit['wall_seconds']:.1f} s"
+    assert report["87% test accuracy first reached, flip TTA"].startswith("epoch 2,")  # spot value
+    assert report["87% test accuracy first reached, no TTA"].startswith("epoch 4,")
+    assert "measured at" not in (run / "report.md").read_text() + compare_table([summarize(run)])
+
+
+def test_target_reached_names_how_many_epochs_measured_a_figure_skipped_at_some():
+    from trainer.tools.report import target_reached
+
+    rows = tta_at([row(e, 80.0, 80.0 + e) for e in range(1, 7)], {2, 4, 6})
+    measured = sum(1 for r in rows if r["test_acc_tta"] is not None)
+    reached = target_reached(rows, 84.0)
+    assert (reached.epoch, reached.seconds) == (4, 13.0)
+    assert reached.some_epochs_only and reached.note == f" (measured at {measured} of {len(rows)} epochs only)"
+    every = target_reached(rows, 84.0, "test_acc")
+    assert (every.epoch, every.measured, every.some_epochs_only) == (None, True, False)
+
+
+def _table(text: str) -> tuple[list[str], list[str]]:
+    """The header and the one row of a one-run markdown table."""
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("|")]
+    return lines[0], lines[2]
+
+
 def test_step_share_is_the_epoch_less_its_data_wait_and_test_pass():
     # a 50 s epoch: 46 s of training, 2 s of it waiting for data, then a 4 s test pass: 44 s of steps
     assert step_share({"epoch": 1, "epoch_seconds": 50.0, "train_seconds": 46.0, "data_wait_seconds": 2.0,

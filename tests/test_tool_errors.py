@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,7 +88,8 @@ def test_a_count_below_its_least_or_not_whole_is_one_line_naming_flag_and_value(
 
 
 def test_a_count_above_its_most_is_one_line_naming_flag_value_and_bound(capsys):
-    assert error_line(["evaluate", "W.safetensors", "--tta-shift", 9], capsys) == "error: --tta-shift 9: must be 8 or less"
+    line = error_line(["evaluate", "W.safetensors", "--tta-shift", 9], capsys)
+    assert line == "error: --tta-shift 9: must be 8 or less"
 
 
 def test_robustness_limit_above_the_test_split_is_refused_before_any_work(tiny, tmp_path, capsys):
@@ -283,3 +287,150 @@ def test_report_help_describes_its_argument(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: s7 report") and "metrics.jsonl" in out
+
+
+# ---------------------------------------------------------------- a run folder's files
+
+COMMITTED_RUN = REPO / "results" / "s7_strided-cpu"  # a finished run with predictions.npz and model/meta.json
+
+
+def result_row(epoch: int, test_acc: float) -> dict:
+    return {"epoch": epoch, "train_loss": 1.0, "train_acc": 40.0 + epoch, "test_loss": 1.0, "test_acc": test_acc,
+            "test_loss_tta": 1.0, "test_acc_tta": test_acc, "lr": 0.1, "wall_seconds": 10.0 * epoch}
+
+
+def small_run(root: Path, rows: list[dict] | None = None) -> Path:
+    """A run folder of two epochs, the second reaching the 60% target, and the shipped weights' meta.json."""
+    run = root / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: s7\ntarget_acc: 60\n")
+    rows = rows or [result_row(1, 55.0), result_row(2, 65.0)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "model" / "meta.json").write_text(json.dumps({"epoch": 2, "selected_by": "final epoch"}))
+    return run
+
+
+def run_tool_line(command: str, run: Path, tmp_path: Path, capsys) -> str:
+    """`s7 report RUN` or `s7 compare RUN`'s one error line, after checking that nothing was written."""
+    before = files(tmp_path)
+    line = error_line([command, run] + (["--out", tmp_path / "c.png"] if command == "compare" else []), capsys)
+    assert files(tmp_path) == before
+    return line
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+@pytest.mark.parametrize("text, message", [("model: [s7\n", "not valid YAML ("),
+                                           ("a line of plain text\n", "not a mapping of settings but a str")])
+def test_a_config_yaml_that_is_no_yaml_mapping_is_one_line_naming_it(command, text, message, tmp_path, capsys):
+    run = small_run(tmp_path)
+    (run / "config.yaml").write_text(text)
+    assert run_tool_line(command, run, tmp_path, capsys).startswith(f"error: {run / 'config.yaml'}: {message}")
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+@pytest.mark.parametrize("name, text, message", [
+    ("model/meta.json", '{"selected_by": "final epoch"}', 'no "epoch"'),
+    ("model/meta.json", "[2]", "not a JSON object but a list"),
+    ("model/meta.json", '{"epoch": 2,', "not JSON ("),
+    ("facts.json", '["parameters"]', "not a JSON object but a list"),
+    ("facts.json", b'{"parameters": \xff}', "not JSON (not UTF-8 text)"),
+])
+def test_a_json_run_file_that_is_no_object_or_lacks_its_epoch_is_one_line_naming_it(command, name, text, message,
+                                                                                      tmp_path, capsys):
+    run = small_run(tmp_path)
+    (run / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert run_tool_line(command, run, tmp_path, capsys).startswith(f"error: {run / name}: {message}")
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+@pytest.mark.parametrize("key", ["train_acc", "wall_seconds"])
+def test_a_metrics_row_lacking_a_figure_the_results_read_is_one_line_naming_file_and_key(command, key, tmp_path,
+                                                                                          capsys):
+    rows = [result_row(1, 55.0), result_row(2, 65.0)]  # epoch 2: the final one, and the first at the 60% target
+    del rows[1][key]
+    run = small_run(tmp_path, rows)
+    line = run_tool_line(command, run, tmp_path, capsys)
+    assert line == f"error: {run / 'metrics.jsonl'}: the row of epoch 2 has no '{key}'"
+
+
+def test_a_metrics_file_cut_short_in_its_last_row_reads_without_it_but_a_bad_middle_row_is_refused(tmp_path):
+    from trainer.runfolder import read_metrics, truncate_metrics
+
+    rows = [result_row(1, 55.0), result_row(2, 65.0), result_row(3, 70.0)]
+    lines = [json.dumps(r) for r in rows]
+    run = small_run(tmp_path, rows)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:25])  # a crash while appending epoch 3
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert truncate_metrics(run, 3) == rows[:2]  # the resume's rewrite drops the torn row
+    assert metrics.read_text() == lines[0] + "\n" + lines[1] + "\n" and not (run / "metrics.jsonl.tmp").exists()
+    for text in (lines[0] + "\n" + lines[1][:25] + "\n" + lines[2] + "\n",  # the torn row is not the last
+                 lines[0] + "\n" + lines[1] + "\n" + lines[2][:25] + "\n"):  # a whole line, newline included
+        metrics.write_text(text)
+        with pytest.raises(ValueError, match=r"metrics\.jsonl: line [23] is not JSON"):
+            read_metrics(run)
+
+
+def predictions_without_wrong_index(path: Path) -> None:
+    import numpy as np
+
+    with np.load(path) as npz:
+        kept = {k: npz[k] for k in npz.files if k != "wrong_index"}
+    np.savez_compressed(path, **kept)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:2000]), "not an .npz archive (cut short, or another kind of file)"),
+    (predictions_without_wrong_index, "no 'wrong_index' array (it holds "),
+])
+def test_a_cut_short_or_incomplete_predictions_file_is_one_line_naming_it(damage, message, tmp_path, capsys):
+    from trainer.tools.explain import save_mistake_maps
+
+    run = shutil.copytree(COMMITTED_RUN, tmp_path / "run")
+    damage(run / "predictions.npz")
+    assert error_line(["report", run], capsys).startswith(f"error: {run / 'predictions.npz'}: {message}")
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'predictions.npz'}: {message}")):
+        save_mistake_maps(run)  # the run report's class maps read it through the same reader
+
+
+# ---------------------------------------------------------------- sweep files
+
+@pytest.mark.parametrize("text, message", [
+    ("parameters: {lr: {distribution: log_uniform_values, min: 1e-5, max: 0.1}}",
+     "parameter lr: `min` must be a number, not '1e-5' (YAML reads 1e-5 as text: write 1.0e-5)"),
+    ("parameters: {lr: {values: 0.1}}", "parameter lr: `values` must be a non-empty list, not 0.1"),
+    ("parameters: {lr: {value: 0.1}}\nmetric: val/acc", "`metric` must be a mapping (name, goal), not 'val/acc'"),
+])
+def test_a_sweep_value_of_the_wrong_type_is_one_line_naming_file_and_key_before_any_trial(text, message, tmp_path,
+                                                                                         monkeypatch, capsys):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a trial was started"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text("program: p.py\ncommand: ['${args}']\n" + text)
+    assert error_line(["sweep", path, "--trials", 1, "--out", tmp_path / "o"], capsys) == f"error: {path}: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- the optional onnx extra
+
+def test_export_without_the_onnx_extra_is_one_line_naming_it_and_writes_nothing(tiny, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on an install without it: `import onnx` fails
+    line = error_line(["export", tiny["weights"], "--onnx", tmp_path / "m.onnx"], capsys)
+    assert line == ("error: s7 export needs onnx, which is not installed: install the 'onnx' extra "
+                    "(pip install 's7[onnx]')")
+    assert not list(tmp_path.iterdir())
+    assert "pip install 's7[onnx]'" in " ".join(subparsers()["export"].format_help().split())
+
+
+# ---------------------------------------------------------------- what the help says
+
+def test_predict_help_says_it_answers_with_flip_tta_and_explain_without():
+    text = {name: " ".join(subparsers()[name].format_help().split()) for name in ("predict", "explain")}
+    assert "with flip TTA" in text["predict"] and "mirror" in text["predict"]
+    assert "no TTA" in text["explain"]
+
+
+def test_compare_help_names_every_file_of_the_run_folder_it_reads():
+    text = " ".join(subparsers()["compare"].format_help().split())
+    for name in ("metrics.jsonl", "config.yaml", "facts.json", "model/meta.json", "run_info.json"):
+        assert name in text, name

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ RF_MD = "receptive_field.md"
 AUGMENTATION = "augmentation.txt"
 REPORT_MD = "report.md"
 PER_CLASS_MD = "per_class.md"
+RUN_INFO = "run_info.json"  # committed runs: where they ran, what shared the machine
 WEIGHTS_DIR = "model"  # the shipped weights: model.safetensors + meta.json
 LEGACY_WEIGHTS_DIR = "best"  # runs before issue 8
 CHECKPOINTS_DIR = "checkpoints"
@@ -51,16 +54,22 @@ def append_row(run_dir: Path, row: dict[str, Any]) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of metrics.jsonl; the last row for an epoch wins (a resumed run may repeat one). A line that is not
-    a JSON row with an "epoch" is a ValueError naming the file and the line."""
+    a JSON row with an "epoch" is a ValueError naming the file and the line, except an unparseable last line
+    without its newline: `append_row` writes a row and its newline at once, so that is a write cut short by a
+    crash, dropped (the resume rewrites the file without it)."""
     rows: dict[int, dict[str, Any]] = {}
     path = Path(run_dir) / METRICS
     if path.is_file():
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = path.read_text()
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
                 raise ValueError(f"{path}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
                 raise ValueError(f"{path}: line {number} is not a row of an epoch (no whole-number \"epoch\")")
@@ -71,7 +80,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def truncate_metrics(run_dir: Path, last_epoch: int) -> list[dict[str, Any]]:
     """Drop rows after `last_epoch` (an interrupted epoch's row, if any) before resuming; return the rows kept."""
     rows = [r for r in read_metrics(run_dir) if r["epoch"] <= last_epoch]
-    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -109,9 +118,10 @@ def selection_rule(row: dict) -> str:
     return "best val_acc" if row.get("val_acc") is not None else "final epoch"
 
 
-def tta_at_some_epochs_only(rows: list[dict]) -> bool:
-    """True when flip TTA was measured at some epochs but not all (--tta-every-epoch false: the final one only)."""
-    return {r.get("test_acc_tta") is not None for r in rows} == {True, False}
+def measured_at_some_epochs_only(rows: list[dict], key: str = "test_acc_tta") -> bool:
+    """True when `key` was measured at some epochs but not all (flip TTA with --tta-every-epoch false: the final
+    one only): anything read from it over the epochs (a first epoch at a target, a best) skipped epochs."""
+    return {r.get(key) is not None for r in rows} == {True, False}
 
 
 def step_share(row: dict) -> float | None:
@@ -128,12 +138,33 @@ def first_row_reaching(rows: list[dict], target: float, key: str = "test_acc_tta
     return next((r for r in rows if r.get(key) is not None and r[key] >= target), None)
 
 
+def read_json(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run folder's JSON file (facts.json, meta.json, run_info.json, ...) as a dict, or {} when there is no such
+    file. Not JSON, not an object, or without one of the `required` keys: a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        found = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not JSON (not UTF-8 text)") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path}: not a JSON object but a {type(found).__name__}")
+    missing = [key for key in required if key not in found]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(map(json.dumps, missing))}")
+    return found
+
+
 def model_meta(run_dir: Path) -> dict[str, Any]:
-    """The shipped weights' meta.json: model/ (current runs) or best/ (runs before issue 8); {} if neither."""
+    """The shipped weights' meta.json: model/ (current runs) or best/ (runs before issue 8); {} if neither.
+    Every one names the epoch it shipped."""
     for sub in (WEIGHTS_DIR, LEGACY_WEIGHTS_DIR):
         path = Path(run_dir) / sub / "meta.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return read_json(path, required=("epoch",))
     return {}
 
 
@@ -154,13 +185,7 @@ def facts(model: str, parameters: int, receptive_field: int, rules: list[dict[st
 
 def read_facts(run_dir: Path) -> dict[str, Any]:
     """facts.json, or {} for a folder without one (a run that ended before its first epoch)."""
-    path = Path(run_dir) / FACTS
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    return read_json(Path(run_dir) / FACTS)
 
 
 # ---------------------------------------------------------------- predictions and per-class accuracy
@@ -180,10 +205,26 @@ def save_predictions(run_dir: Path, preds: np.ndarray, labels: np.ndarray, probs
     tmp.replace(Path(run_dir) / PREDICTIONS)
 
 
+PREDICTION_ARRAYS = ("preds", "labels", "probs", "wrong_index", "wrong_images", "classes")  # save_predictions'
+
+
 def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """predictions.npz as arrays, or None when the run has none."""
+    """predictions.npz as arrays, every one `save_predictions` writes read in full, or None when the run has none.
+    A file that is no readable .npz (cut short, say) or lacks an array: a ValueError naming the file."""
     path = Path(run_dir) / PREDICTIONS
-    return dict(np.load(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz archive (cut short, or another kind of file)")
+    try:
+        with np.load(path) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path}: an array in it is unreadable ({' '.join(str(e).split())[:120]})") from None
+    missing = [key for key in PREDICTION_ARRAYS if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(map(repr, missing))} array (it holds {', '.join(arrays) or 'none'})")
+    return arrays
 
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

@@ -155,7 +155,9 @@ def _weights_commands(sub) -> None:
                     help="also report shift TTA (flip pairs of the image and of copies moved by +-PX px; "
                          "six passes); default: 0, none")
 
-    pr = sub.add_parser("predict", help="class and probability for image files (any size, resized to 32x32 RGB)")
+    pr = sub.add_parser("predict", help="class and probability for image files (any size, resized to 32x32 RGB)",
+                        description="Per image: its class and that class's probability with flip TTA (softmax of "
+                                    "the mean logits of the image and its mirror); `s7 explain` shows the plain pass.")
     _add_weights_args(pr)
     pr.add_argument("images", nargs="+", help="image files")
 
@@ -176,7 +178,9 @@ def _weights_commands(sub) -> None:
                         description="Input 'image': uint8 RGB pixels, NHWC (N, 32, 32, 3), 0-255, any batch size; "
                                     "the mean/std the weights were trained with are applied inside the graph. "
                                     "Output 'logits': (N, classes), no TTA. Class names, mean and std are in the "
-                                    "model's metadata (custom_metadata_map). Exported with torch's dynamo exporter.")
+                                    "model's metadata (custom_metadata_map). Exported with torch's dynamo exporter. "
+                                    "Needs the optional 'onnx' extra (onnx, onnxscript, onnxruntime): "
+                                    "pip install 's7[onnx]'.")
     _add_weights_args(xp)
     xp.add_argument("--onnx", type=Output(".onnx"), required=True, help="ONNX file to write, FILE.onnx (required)")
     xp.add_argument("--int8", action="store_true",
@@ -209,8 +213,8 @@ def _run_folder_commands(sub) -> None:
     rp.add_argument("run_dir", help="run folder (with metrics.jsonl); report.md and the plots are rewritten in it")
 
     cp = sub.add_parser("compare", help="table and overlaid test curves of run folders, offline",
-                        description="From the run folders alone (metrics.jsonl, config.yaml, facts.json, run_info.json), "
-                                    "no W&B server: model, recipe, "
+                        description="From the run folders alone (metrics.jsonl, config.yaml, facts.json, "
+                                    "model/meta.json, run_info.json), no W&B server: model, recipe, "
                                     "params, RF, epochs, final and best test accuracy without and with flip TTA "
                                     "(best = the epoch with the highest test accuracy, picked on the test split: "
                                     "for reference only), epoch and seconds to the run's target accuracy, img/s, "

@@ -1,18 +1,18 @@
 """`s7 compare RUN_DIR...`: runs side by side, from their run folders alone (offline, no W&B server).
 
-Each run's figures come from `trainer.tools.report.run_results` (the same reading `s7 report` makes: final epoch,
+Each run's figures come from `trainer.tools.results.run_results` (the same reading `s7 report` makes: final epoch,
 time to the target, rules, parameters, receptive field); this module adds only what a comparison needs:
 the best epoch's test accuracy (picked on the test split, so shown for reference only), the mean training
 throughput, the device, and one figure with every run's test curves overlaid.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from trainer.runfolder import RUN_INFO, read_json
 from trainer.tools.plots import series
-from trainer.tools.report import pct_cell, reached_cell, rules_label, target_label
+from trainer.tools.report import FIGURE_KEYS, measured_note, pct_cell, reached_cell, rules_label, target_label
 from trainer.tools.results import run_results
 
 BEST_LABEL = "best (picked on test, for reference only)"
@@ -21,6 +21,11 @@ LEGEND = ("final = the last epoch's test accuracy (the headline); best = the hig
           "plain forward pass / mean logits of the image and its mirror. Target reached: the first epoch at or "
           "above the run's target_acc, and its wall-clock seconds from process start. img/s: training images per "
           "second (all processes), averaged over the epochs. – = not measured.")
+SOME_EPOCHS_LEGEND = (" A figure marked \"(measured at the final epoch only)\" (flip TTA with tta_every_epoch false) "
+                      "or \"(measured at N of M epochs only)\" was measured at those epochs alone: its best is the "
+                      "best of them (at the final epoch alone, the final figure again, picked from nothing) and its "
+                      "target reached the first of them at or above the target; an epoch it skipped may have "
+                      "reached the target earlier.")
 
 
 def find_run_dir(path: Path) -> Path:
@@ -54,8 +59,7 @@ def _mean(rows: list[dict], key: str) -> float | None:
 def run_device(run_dir: Path, facts: dict[str, Any]) -> str:
     """Where the run trained: run_info.json's "where" (written for committed runs, with what shared the
     machine), else facts.json's device, precision and process count; "?" when neither says."""
-    info = Path(run_dir) / "run_info.json"
-    where = json.loads(info.read_text()).get("where") if info.is_file() else None
+    where = read_json(Path(run_dir) / RUN_INFO).get("where")
     if where:
         return where
     if not facts.get("device"):
@@ -65,8 +69,8 @@ def run_device(run_dir: Path, facts: dict[str, Any]) -> str:
 
 
 def summarize(run_dir: Path) -> dict[str, Any]:
-    """`run_results` of the run folder plus best_test_acc, best_test_acc_tta (max over epochs),
-    images_per_second (mean over epochs), device and path."""
+    """`run_results` of the run folder plus best_test_acc, best_test_acc_tta (max over the epochs that measured
+    it), images_per_second (mean over epochs), device and path."""
     run_dir = find_run_dir(run_dir)
     res = run_results(run_dir)
     rows = res["rows"]
@@ -90,6 +94,13 @@ def _reached(res: dict[str, Any], suffix: str, show_target: bool) -> str:
     return f"{res['target_acc']:g}%: {text}" if show_target and text != "–" else text
 
 
+def _best_cell(res: dict[str, Any], suffix: str) -> str:
+    """The best test figure ("" no TTA, "_tta" flip TTA) as a cell, saying so when it was measured at some epochs
+    only (`measured_note`): then it is the best of those epochs alone."""
+    best = res["best_test_acc" + suffix]
+    return "–" if best is None else pct_cell(best) + measured_note(res["rows"], FIGURE_KEYS[suffix])
+
+
 def compare_table(runs: list[dict[str, Any]], labels: list[str] | None = None) -> str:
     """Markdown table of `summarize` results, one row per run, with its legend below. A column of final
     validation accuracy appears when any run holds out a validation split."""
@@ -106,13 +117,14 @@ def compare_table(runs: list[dict[str, Any]], labels: list[str] | None = None) -
         cells = [label, cfg.get("model", "?"), cfg.get("recipe") or "custom",
                  f"{r['parameters']:,}" if r["parameters"] else "?", str(r["receptive_field"] or "?"),
                  str(r["epochs"]), pct_cell(r["final_test_acc"]), pct_cell(r["final_test_acc_tta"]),
-                 pct_cell(r["best_test_acc"]), pct_cell(r["best_test_acc_tta"])]
+                 _best_cell(r, ""), _best_cell(r, "_tta")]
         cells += [pct_cell(r["final_val_acc"])] if with_val else []
         cells += [_reached(r, "", several), _reached(r, "_tta", several),
                   "–" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}", r["device"],
                   rules_label(r["rules_failed"])]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + LEGEND
+    some = any(measured_note(r["rows"], key) for r in runs for key in FIGURE_KEYS.values())
+    return "\n".join(lines) + "\n\n" + LEGEND + (SOME_EPOCHS_LEGEND if some else "")
 
 
 def curves_figure(runs: list[dict[str, Any]], labels: list[str] | None = None):

@@ -23,7 +23,8 @@ def per_class_markdown(preds: np.ndarray, labels: np.ndarray, classes: list[str]
     """The per-class accuracy table and the confusion matrix (`s7 evaluate`, per_class.md)."""
     m = confusion_matrix(preds, labels, len(classes))
     lines = ["| class | test images | correct | accuracy |", "|---|---|---|---|"]
-    lines += [f"| {c} | {total} | {right} | {acc:.2f}% |" for c, total, right, acc in per_class_rows(preds, labels, classes)]
+    lines += [f"| {c} | {total} | {right} | {acc:.2f}% |"
+              for c, total, right, acc in per_class_rows(preds, labels, classes)]
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(c[:5] for c in classes) + " |", "|---" * (len(classes) + 1) + "|"]
     lines += [f"| {c} | " + " | ".join(str(int(v)) for v in m[i]) + " |" for i, c in enumerate(classes)]

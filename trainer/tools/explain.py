@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.runfolder import read_predictions
 from trainer.tools.evaluate import load_classifier, normalized_batches, read_image
 
 MAP_SIZE = 32
@@ -158,19 +159,18 @@ def save_mistake_maps(run_dir: Path, n: int = MISTAKES_SHOWN) -> Path | None:
     """mistake_maps.npz: the `n` most confident mistakes among those predictions.npz keeps, with the 32x32
     maps of their predicted and true classes under the run's shipped weights. None when the run folder has
     no predictions.npz, no weights, or a net without a class map; the report then draws from an earlier
-    mistake_maps.npz if there is one."""
+    mistake_maps.npz if there is one. An unreadable predictions.npz is a ValueError naming it."""
     from trainer.checkpoint import CheckpointError
 
     run_dir = Path(run_dir)
-    pred_path = run_dir / "predictions.npz"
-    if not pred_path.is_file():
+    p = read_predictions(run_dir)
+    if p is None:
         return None
     try:
         model, meta = load_classifier(str(run_dir))
         class_map_layer(model)
     except (CheckpointError, NoClassMapError):
         return None
-    p = np.load(pred_path)
     order = np.argsort(-p["probs"][p["wrong_index"]], kind="stable")[:n]
     index, images = p["wrong_index"][order], p["wrong_images"][order]
     true, predicted = p["labels"][index], p["preds"][index]

@@ -193,6 +193,22 @@ def measurement_markdown(m: dict, folder: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+EXTRA = "onnx"  # pyproject.toml's optional dependencies that export, quantise and run the file
+
+
+def require_onnx_extras(runtime: bool) -> None:
+    """Import what the export needs (onnx, onnxscript; with `runtime` also onnxruntime, for --int8 and
+    --data), or a ValueError naming the missing package and the extra that installs it."""
+    import importlib
+
+    for module in ("onnx", "onnxscript") + (("onnxruntime",) if runtime else ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"s7 export needs {e.name or module}, which is not installed: install the "
+                             f"{EXTRA!r} extra (pip install 's7[{EXTRA}]')") from None
+
+
 def export_command(path: str, onnx_path: str, int8: bool, model_name: str | None, data: str | None,
                    data_dir: str) -> int:
     """`s7 export`: write the ONNX file (and with --int8 its quantised twin); with --data, measure both on the
@@ -203,6 +219,7 @@ def export_command(path: str, onnx_path: str, int8: bool, model_name: str | None
     out = Path(onnx_path)  # its suffix and place are checked by the command line (cli.Output)
     if int8 and data is None:
         raise ValueError("--int8 calibrates on training images: give --data")
+    require_onnx_extras(runtime=data is not None)
     model, meta = load_classifier(path, model_name)
     d = None if data is None else load_matching_data(path, meta, data, data_dir)  # bad --data: nothing written
     files = {"onnx fp32": export_onnx(model, meta, out)}

@@ -1,10 +1,10 @@
 """The run report, rebuilt from the run folder's files alone (`s7 report RUN_DIR`).
 
 Inputs (trainer/runfolder.py names them): config.yaml, metrics.jsonl, facts.json, rules.md, train.log,
-summary.txt, receptive_field.md, augmentation.txt, model/meta.json (best/meta.json in older runs) and predictions.npz (the shipped epoch's test predictions and
-misclassified images), with model/model.safetensors for the class maps of the most confident mistakes
-(kept in mistake_maps.npz). Outputs: loss.png, accuracy.png, per_class.md, misclassified.png,
-mistake_maps.png, report.md.
+summary.txt, receptive_field.md, augmentation.txt, model/meta.json (best/meta.json in older runs) and
+predictions.npz (the shipped epoch's test predictions and misclassified images), with model/model.safetensors
+for the class maps of the most confident mistakes (kept in mistake_maps.npz). Outputs: loss.png, accuracy.png,
+per_class.md, misclassified.png, mistake_maps.png, report.md.
 
 Honest numbers (issue 8): the headline is the final epoch's test accuracy, with and without flip TTA; the
 shipped weights are the final epoch's, or the best validation epoch's when the run holds out a validation
@@ -13,16 +13,19 @@ split. The test split is reported, never used to pick anything.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer.runfolder import METRICS, read_predictions, tta_at_some_epochs_only
+from trainer.runfolder import METRICS, first_row_reaching, measured_at_some_epochs_only, read_predictions
 from trainer.text import counted
 from trainer.tools.evaluate import per_class_markdown
 from trainer.tools.plots import ACC_LINES, LOSS_LINES, misclassified_png, plot
 from trainer.tools.results import run_results
+
+# size: every table and sentence of the report, and the words `s7 compare` shares with it, in one module
 
 NOT_MEASURED = "not measured"
 
@@ -63,14 +66,73 @@ def pct_cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}%"
 
 
+# ---------------------------------------------------------------- the target reached
+
+FIGURE_KEYS = {"": "test_acc", "_tta": "test_acc_tta"}  # the test figure of each suffix of run_results' keys
+
+
+def measured_note(rows: list[dict], key: str) -> str:
+    """What anything read from `key` over the epochs must add when `key` was measured at some epochs only:
+    " (measured at the final epoch only)", " (measured at 3 of 32 epochs only)"; "" at every epoch or none."""
+    if not measured_at_some_epochs_only(rows, key):
+        return ""
+    measured = [r for r in rows if r.get(key) is not None]
+    if measured == [rows[-1]]:
+        return " (measured at the final epoch only)"
+    return f" (measured at {len(measured)} of {counted(len(rows), 'epoch')} only)"
+
+
+@dataclass(frozen=True)
+class Reached:
+    """When a run first reached its target on one test figure, and whether that figure was measured at every epoch."""
+
+    epoch: int | None  # the first measured epoch at or above the target; None: not reached, or not measured
+    seconds: float | None  # that epoch's wall-clock seconds from process start
+    last_epoch: int  # the run's final epoch
+    measured: bool  # the figure was measured at any epoch
+    note: str  # `measured_note`: "" when measured at every epoch
+
+    @property
+    def some_epochs_only(self) -> bool:
+        """Measured at some epochs only: an epoch it skipped may have reached the target first."""
+        return bool(self.note)
+
+
+def target_reached(rows: list[dict], target: float, key: str = "test_acc_tta") -> Reached:
+    """The first epoch whose `key` is at or above `target` (`first_row_reaching`), with whether `key` was measured
+    at some epochs only (flip TTA with tta_every_epoch false: the final epoch alone)."""
+    hit = first_row_reaching(rows, target, key)
+    return Reached(hit["epoch"] if hit else None, hit["wall_seconds"] if hit else None, rows[-1]["epoch"],
+                   any(r.get(key) is not None for r in rows), measured_note(rows, key))
+
+
+def reached_of(res: dict[str, Any], suffix: str = "") -> Reached:
+    """`target_reached` of one test figure ("" no TTA, "_tta" flip TTA) of `run_results`, or of a line of
+    benchmarks/time_to_accuracy.py, which has no rows: its no-TTA figure is measured at every epoch (the trainer
+    tests every epoch), and it cannot say at which epochs flip TTA was, so "_tta" of a line is refused."""
+    if "rows" in res:
+        return target_reached(res["rows"], res["target_acc"], FIGURE_KEYS[suffix])
+    if suffix:
+        raise ValueError("a line without metrics rows cannot say at which epochs flip TTA was measured")
+    return Reached(res["epoch_to_target"], res["seconds_to_target"], res["epochs"],
+                   res["final_test_acc"] is not None, "")
+
+
+def reached_text(res: dict[str, Any], suffix: str = "", *, cell: bool = True) -> str:
+    """`reached_of` in words, the same in every table: "epoch 69, 250.6 s" ("... s wall from process start"
+    outside a cell), "not in 20 epochs", each followed by the `measured_note`; "–" ("not measured") unmeasured."""
+    r = reached_of(res, suffix)
+    if not r.measured:
+        return "–" if cell else NOT_MEASURED
+    if r.epoch is None:
+        return f"not in {counted(r.last_epoch, 'epoch')}{r.note}"
+    return f"epoch {r.epoch}, {r.seconds:.1f} s{'' if cell else ' wall from process start'}{r.note}"
+
+
 def reached_cell(res: dict[str, Any], suffix: str = "") -> str:
-    """When a run first reached its target on one test figure ("" no TTA, "_tta" flip TTA), as a table cell:
-    "epoch 69, 250.6 s", "not in 20 epochs", or "–" where that figure was not measured. `res`: `run_results`
-    of a run folder, or a line of benchmarks/time_to_accuracy.py (the same keys)."""
-    if res["final_test_acc" + suffix] is None:
-        return "–"
-    epoch = res["epoch_to_target" + suffix]
-    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s" if epoch else f"not in {counted(res['epochs'], 'epoch')}"
+    """`reached_text` as a table cell. `res`: `run_results` of a run folder, or a line of
+    benchmarks/time_to_accuracy.py (the same keys, no rows)."""
+    return reached_text(res, suffix, cell=True)
 
 
 def target_label(results: list[dict[str, Any]]) -> str:
@@ -92,21 +154,9 @@ def log_table(rows: list[dict], every: int = 1) -> str:
     kept = [r for r in rows if every == 1 or r["epoch"] % every == 0 or r["epoch"] == 1 or r is rows[-1]]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_num(r.get(key), fmt) for _, key, fmt in cols) + " |" for r in kept]
-    some = tta_at_some_epochs_only(rows)
+    some = measured_at_some_epochs_only(rows)
     legend = LOG_LEGEND.format(tta_when=", flip TTA after the final epoch only" if some else "")
     return legend + "\n\n" + "\n".join(lines)
-
-
-def _reached(res: dict[str, Any], suffix: str, measured: bool, every_epoch: bool = True) -> str:
-    """The first epoch at the target; a figure measured at some epochs only says so, since an epoch it skipped
-    may have been the first."""
-    epoch = res["epoch_to_target" + suffix]
-    if not measured:
-        return NOT_MEASURED
-    only = "" if every_epoch else " (measured at the final epoch only)"
-    if not epoch:
-        return "not reached" + only
-    return f"epoch {epoch}, {res['seconds_to_target' + suffix]:.1f} s wall from process start" + only
 
 
 def results_table(res: dict[str, Any], data: str) -> str:
@@ -130,9 +180,8 @@ def results_table(res: dict[str, Any], data: str) -> str:
         rows += [("shipped weights' val accuracy, no TTA", pct(res["selected_val_acc"])),
                  ("shipped weights' val accuracy, flip TTA", pct(res["selected_val_acc_tta"]))]
     target = f"{res['target_acc']:g}% test accuracy first reached"
-    rows += [(f"{target}, no TTA", _reached(res, "", res["final_test_acc"] is not None)),
-             (f"{target}, flip TTA", _reached(res, "_tta", res["final_test_acc_tta"] is not None,
-                                              not tta_at_some_epochs_only(res.get("rows", [])))),
+    rows += [(f"{target}, no TTA", reached_text(res, "", cell=False)),
+             (f"{target}, flip TTA", reached_text(res, "_tta", cell=False)),
              ("total parameters", f"{res['parameters']:,}" if res["parameters"] else "?"),
              ("receptive field", str(res["receptive_field"]))]
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
@@ -172,11 +221,11 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     res = run_results(run_dir)
     rows = res["rows"]
     shipped = next(r for r in rows if r["epoch"] == res["selected_epoch"])
+    pred = read_predictions(run_dir)  # before anything is written: a damaged file leaves the folder as it was
     plot(rows, LOSS_LINES, "loss", run_dir / "loss.png",
          title="train and test losses are different objectives: compare their trends, not their levels")
     plot(rows, ACC_LINES, "accuracy (%)", run_dir / "accuracy.png", shipped_epoch=res["selected_epoch"])
     per_class, per_class_title = "(no predictions.npz)", f"shipped weights, epoch {res['selected_epoch']}"
-    pred = read_predictions(run_dir)
     if pred is not None:
         per_class_title += f", {_predictions_kind(pred, shipped)}"
         per_class = per_class_markdown(pred["preds"], pred["labels"], [str(c) for c in pred["classes"]])

@@ -45,6 +45,8 @@ def load_sweep(path: Path) -> dict[str, Any]:
     for key, kind in (("program", str), ("parameters", dict), ("command", list)):
         if not isinstance(sweep.get(key), kind):
             _fail(path, f"`{key}` must be a {kind.__name__}")
+    if not isinstance(sweep.get("metric", {}), dict):
+        _fail(path, f"`metric` must be a mapping (name, goal), not {sweep['metric']!r}")
     for name, spec in sweep["parameters"].items():
         if not isinstance(spec, dict):
             _fail(path, f"parameter {name}: expected a mapping (value, values, or distribution with min/max)")
@@ -71,11 +73,43 @@ def distribution(name: str, spec: dict[str, Any], origin: Path | str = "sweep") 
     if kind not in DRAWS:
         raise ValueError(f"{origin}: parameter {name}: distribution {kind!r} is not one the local runner draws "
                          f"({', '.join(DRAWS)})")
+    _check_fields(name, spec, kind, origin)
     if kind in ("uniform", "int_uniform", "log_uniform_values") and not spec["min"] <= spec["max"]:
         raise ValueError(f"{origin}: parameter {name}: min {spec['min']} is above max {spec['max']}")
     if kind == "log_uniform_values" and spec["min"] <= 0:
         raise ValueError(f"{origin}: parameter {name}: log_uniform_values needs min > 0, not {spec['min']}")
     return kind
+
+
+def _check_fields(name: str, spec: dict[str, Any], kind: str, origin: Path | str) -> None:
+    """The fields `kind` is drawn from are there and of the right type: a non-empty list of values, or numbers
+    for min and max (whole ones for int_uniform)."""
+    if kind == "constant" and "value" not in spec:
+        raise ValueError(f"{origin}: parameter {name}: distribution constant needs `value`")
+    if kind == "categorical" and not (isinstance(spec.get("values"), list) and spec["values"]):
+        raise ValueError(f"{origin}: parameter {name}: `values` must be a non-empty list, not {spec.get('values')!r}")
+    if kind not in ("uniform", "int_uniform", "log_uniform_values"):
+        return
+    whole = kind == "int_uniform"
+    for key in ("min", "max"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            hint = f" (YAML reads {value} as text: write {_yaml_float(value)})" if _yaml_float(value) else ""
+            raise ValueError(f"{origin}: parameter {name}: `{key}` must be a {'whole ' if whole else ''}number, "
+                             f"not {value!r}{hint}")
+
+
+def _yaml_float(value: Any) -> str | None:
+    """For a number in exponent form that YAML 1.1 (PyYAML) reads as text, such as 1e-5 or 2.5e3, the same
+    number as YAML reads it as a float (1.0e-5, 2.5e+3); else None."""
+    if not isinstance(value, str) or value.lower().count("e") != 1:
+        return None
+    try:
+        float(value)
+    except ValueError:
+        return None
+    mantissa, exponent = value.lower().split("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 DRAWS = {
