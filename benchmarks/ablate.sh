@@ -10,7 +10,10 @@ COMMON=(--data ../shared/data/cifar10-jpeg.tar.gz --data-dir data --out runs/abl
 LIGHT_AUG=(--rotate-limit 5 --dropout-p 0.15 --gray-p 0)
 run() {
     local name=$1; shift
-    .venv/bin/python trainer/main.py "${COMMON[@]}" --name "$name" "$@" > /dev/null || return
+    # PYTHONPATH: this checkout's trainer/ and models/, not those of the checkout an editable .venv (a worktree's
+    # link to another's) was installed from, which `python trainer/main.py` would import
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python trainer/main.py "${COMMON[@]}" --name "$name" "$@" \
+        > /dev/null || return
     mkdir -p "results/ablations/$name/model"
     (cd "runs/ablations/$name" && cp config.yaml facts.json metrics.jsonl train.log report.md rules.md summary.txt \
         receptive_field.md augmentation.txt ./*.png per_class.md predictions.npz "../../../results/ablations/$name/" \
