@@ -90,7 +90,7 @@ TTA_ONLY_NOTE = ("Runs from before issue 8 measured test accuracy with flip TTA 
 
 
 def block_results() -> str:
-    from trainer.tools.report import pct_cell, reached_cell, rules_label, target_label
+    from trainer.tools.report import pct_cell, reached_text, rules_label, target_label
     from trainer.tools.results import run_results
 
     results = {_name(run): run_results(run) for run in _runs()}
@@ -104,7 +104,7 @@ def block_results() -> str:
                      f"{_info(RESULTS / name).get('where', '?')} | {res['epochs']} | "
                      f"{rules_label(res['rules_failed'])} | {pct_cell(res['final_test_acc'])} | "
                      f"{pct_cell(res['final_test_acc_tta'])} | epoch {res['selected_epoch']}, {res['selected_by']} | "
-                     f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | "
+                     f"{reached_text(res, '')} | {reached_text(res, '_tta')} | "
                      f"{res['parameters']:,} | {res['receptive_field']} |")
     lines += ["", "Test accuracy is the final epoch's, on the full test split, without and with flip TTA; "
               "\"shipped weights\" is the epoch whose weights the run folder ships and how it was picked; "
@@ -116,7 +116,7 @@ def block_results() -> str:
 
 def block_speed() -> str:
     """Time to accuracy and where the time went, from each run's time_to_accuracy.json and metrics."""
-    from trainer.tools.report import reached_cell, target_label
+    from trainer.tools.report import reached_text, target_label
     from trainer.tools.results import run_results
 
     timed = {_name(run): (json.loads((run / "time_to_accuracy.json").read_text()), run_results(run))
@@ -130,7 +130,7 @@ def block_speed() -> str:
                 if "step_images_per_s" in t else "–")
         lines.append(f"| {name} | {_info(RESULTS / name).get('where', '?')} | {t['startup_seconds']:.1f} | "
                      f"{t['train_seconds']:.1f} ({t['data_wait_seconds']:.1f}) | {t['test_seconds']:.1f} | "
-                     f"{reached_cell(res, '')} | {reached_cell(res, '_tta')} | {loader} | {step} |")
+                     f"{reached_text(res, '')} | {reached_text(res, '_tta')} | {loader} | {step} |")
     for name, (t, res) in timed.items():
         if "step_images_per_s" not in t:
             continue
@@ -470,7 +470,7 @@ def _num(value, fmt: str = ",.0f") -> str:
 def block_speed_options() -> str:
     """Issue 10: every JSON line committed in results/speed/*.jsonl (benchmarks/gpu_speed.py through the harness
     benchmarks/time_to_accuracy.py) as tables: runs to the target, the bare training step, the loader."""
-    from trainer.tools.report import pct_cell, reached_cell
+    from trainer.tools.report import pct_cell, reached_text
 
     lines = _speed_lines()
     if not lines:
@@ -486,7 +486,7 @@ def block_speed_options() -> str:
             out.append(f"| {Path(r['run']).name} | {r['precision']} | {r['batch_size']}, {_num(r['peak_lr'], '.3g')} | "
                        f"{r['compile']} | {r['channels_last']} | {r['cudnn_benchmark']} | {r['non_blocking']} | "
                        f"{_num(r['workers'], 'd')} | {_num(r['startup_seconds'], '.1f')} | "
-                       f"{_num(r['loop_images_per_s'])} | {reached_cell(r)} (target {r['target']:g}%) | "
+                       f"{_num(r['loop_images_per_s'])} | {reached_text(r)} (target {r['target']:g}%) | "
                        f"{pct_cell(r['final_test_acc'])} |")
         out += ["", "Start-up: process start to the end of the first training step; seconds to the target count from "
                 "process start too; loop img/s: the median epoch after the first."]

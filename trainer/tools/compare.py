@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer.runfolder import RUN_INFO, read_json
 from trainer.tools.plots import series
-from trainer.tools.report import FIGURE_KEYS, measured_note, pct_cell, reached_cell, rules_label, target_label
+from trainer.tools.report import FIGURE_KEYS, measured_note, pct_cell, reached_text, rules_label, target_label
 from trainer.tools.results import run_results
 
 BEST_LABEL = "best (picked on test, for reference only)"
@@ -89,8 +89,8 @@ def short_labels(paths: list[Path]) -> list[str]:
 
 
 def _reached(res: dict[str, Any], suffix: str, show_target: bool) -> str:
-    """`reached_cell`, prefixed with the run's own target where the runs' targets differ."""
-    text = reached_cell(res, suffix)
+    """`reached_text`, prefixed with the run's own target where the runs' targets differ."""
+    text = reached_text(res, suffix)
     return f"{res['target_acc']:g}%: {text}" if show_target and text != "–" else text
 
 

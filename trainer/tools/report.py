@@ -90,12 +90,7 @@ class Reached:
     seconds: float | None  # that epoch's wall-clock seconds from process start
     last_epoch: int  # the run's final epoch
     measured: bool  # the figure was measured at any epoch
-    note: str  # `measured_note`: "" when measured at every epoch
-
-    @property
-    def some_epochs_only(self) -> bool:
-        """Measured at some epochs only: an epoch it skipped may have reached the target first."""
-        return bool(self.note)
+    note: str  # `measured_note`: "" when measured at every epoch, else an epoch it skipped may have reached first
 
 
 def target_reached(rows: list[dict], target: float, key: str = "test_acc_tta") -> Reached:
@@ -120,19 +115,14 @@ def reached_of(res: dict[str, Any], suffix: str = "") -> Reached:
 
 def reached_text(res: dict[str, Any], suffix: str = "", *, cell: bool = True) -> str:
     """`reached_of` in words, the same in every table: "epoch 69, 250.6 s" ("... s wall from process start"
-    outside a cell), "not in 20 epochs", each followed by the `measured_note`; "–" ("not measured") unmeasured."""
+    outside a cell), "not in 20 epochs", each followed by the `measured_note`; "–" ("not measured") unmeasured.
+    `res`: `run_results` of a run folder, or a line of benchmarks/time_to_accuracy.py (the same keys, no rows)."""
     r = reached_of(res, suffix)
     if not r.measured:
         return "–" if cell else NOT_MEASURED
     if r.epoch is None:
         return f"not in {counted(r.last_epoch, 'epoch')}{r.note}"
     return f"epoch {r.epoch}, {r.seconds:.1f} s{'' if cell else ' wall from process start'}{r.note}"
-
-
-def reached_cell(res: dict[str, Any], suffix: str = "") -> str:
-    """`reached_text` as a table cell. `res`: `run_results` of a run folder, or a line of
-    benchmarks/time_to_accuracy.py (the same keys, no rows)."""
-    return reached_text(res, suffix, cell=True)
 
 
 def target_label(results: list[dict[str, Any]]) -> str:
