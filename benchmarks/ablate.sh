@@ -117,6 +117,9 @@ declare -A RUNS=(
     # 12-epoch recipe; the long recipe on it exactly as s7-long-cpu ran (130 epochs, full training split, test
     # reported, flip and +-1 px shift TTA), so the two differ only in the activation.
     [l130-cand_e-long]="--config configs/s7_long.yaml --model s7_cand_e --epochs 130 --val-split 0 --tta-shift 1"
+    # Issue 16, GELU at make train's length: the default recipe (configs/s7.yaml, 32 epochs, validation split as
+    # the figure) on candidate E, against v32-levers (that recipe on s7, seed 0), since GELU led at 12 and 130 epochs.
+    [v32-gelu]="--config configs/s7.yaml --model s7_cand_e --epochs 32"
 )
 ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd cand_a_dilated-sgd
        a12-base a12-bs256 a12-ema a12-lightaug a12-ls01 a12-light-dirac a12-light-lookahead a12-light-ramp
@@ -126,7 +129,7 @@ ORDER=(s7-sgd cand_a-sgd cand_b-adamw strided-sgd cand_a_strided-sgd dilated-sgd
        v12-bnbias64 v12-bnbias64-frozen v12-altflip v32-levers v32-base
        v12-bs1024 s7-default-seed1 d4-dilated-default d4-cand_a_dilated-default
        d8-cand_a_dilated-default a12-b-short l150-s7-lighter v12-gelu v12-base-seed1 v12-gelu-seed1
-       l40-cand_b-long l130-cand_e-long)
+       l40-cand_b-long l130-cand_e-long v32-gelu)
 for name in "${@:-${ORDER[@]}}"; do
     [ -n "${RUNS[$name]:-}" ] || { echo "ablate.sh: unknown run $name (one of: ${ORDER[*]})" >&2; exit 2; }
     # shellcheck disable=SC2086  # the flags are words
