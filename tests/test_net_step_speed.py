@@ -15,13 +15,14 @@ import net_step_speed  # noqa: E402
 
 
 def test_the_ratio_is_paired_within_rounds_not_a_ratio_of_medians():
-    # the host runs at 1000, 2000, 600 img/s in three rounds; the second net is at 0.8x in each
-    rows = [{"round": r, "net": n, "images_per_s": base * (0.8 if n == "b" else 1.0)}
-            for r, base in enumerate((1000.0, 2000.0, 600.0)) for n in ("a", "b")]
+    # the host runs at 1000, 2000, 600 img/s in three rounds; the second net at 0.5x, 0.9x, 0.9x of the first:
+    # paired, the median ratio is 0.9; the ratio of the medians (540 / 1000) would be 0.54
+    a, b = (1000.0, 2000.0, 600.0), (500.0, 1800.0, 540.0)
+    rows = [{"round": r, "net": n, "images_per_s": v} for r in range(3) for n, v in (("a", a[r]), ("b", b[r]))]
     med = net_step_speed.summary(rows, ["a", "b"])
-    assert med["b"]["median_ratio_to_first"] == pytest.approx(0.8)
+    assert med["b"]["median_ratio_to_first"] == pytest.approx(0.9)
     assert med["a"]["median_ratio_to_first"] == 1.0
-    assert (med["a"]["median_images_per_s"], med["b"]["median_images_per_s"]) == (1000.0, 800.0)
+    assert (med["a"]["median_images_per_s"], med["b"]["median_images_per_s"]) == (1000.0, 540.0)
 
 
 def test_the_command_measures_each_net_each_round_in_alternating_order(tmp_path):
