@@ -165,14 +165,16 @@ def test_with_flip_tta_every_epoch_the_target_is_reached_at_the_first_epoch_at_o
 
 
 def test_target_reached_names_how_many_epochs_measured_a_figure_skipped_at_some():
-    from trainer.tools.report import target_reached
+    from trainer.tools.report import reached_of
+    from trainer.tools.results import results_achieved
 
     rows = tta_at([row(e, 80.0, 80.0 + e) for e in range(1, 7)], {2, 4, 6})
     measured = sum(1 for r in rows if r["test_acc_tta"] is not None)
-    reached = target_reached(rows, 84.0)
+    res = {**results_achieved(rows, target_acc=84.0), "rows": rows}
+    reached = reached_of(res, "_tta")
     assert (reached.epoch, reached.seconds) == (4, 13.0)
     assert reached.note == f" (measured at {measured} of {len(rows)} epochs only)"
-    every = target_reached(rows, 84.0, "test_acc")
+    every = reached_of(res, "")
     assert (every.epoch, every.measured, every.note) == (None, True, "")
 
 

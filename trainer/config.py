@@ -21,6 +21,13 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# Fractions that must stay below 1, and why: at 1 a running average keeps only its past (SGD's velocity would never
+# decay, AdamW's beta1 must be below 1; the weights' EMA would never leave the random init).
+_AVERAGE = "the weight of the past in a running average"
+BELOW_ONE = {"momentum": _AVERAGE, "base_momentum": _AVERAGE, "max_momentum": _AVERAGE,
+             "ema_decay": "0 = no weight average; at 1 the average never leaves the random init"}
+
+
 # size: every hyperparameter is a field of TrainConfig, with its --help text, in one place (as airbench keeps them)
 @dataclass
 class TrainConfig:
@@ -151,6 +158,8 @@ class TrainConfig:
                      "bn_momentum", "momentum", "base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 _fail(name, f"must be between 0 and 1, not {getattr(self, name)}")
+            if name in BELOW_ONE and getattr(self, name) == 1.0:
+                _fail(name, f"must be below 1 ({BELOW_ONE[name]}), not {getattr(self, name)}")
         self._check_optimizer()
         self._check_augmentation()
         for name in ("lr", "div_factor", "final_div_factor", "bn_bias_lr"):
@@ -168,26 +177,19 @@ class TrainConfig:
 
     def _check_optimizer(self) -> None:
         """What torch's SGD and AdamW would refuse, or silently train nothing with, said before any data work."""
-        for name in ("momentum", "base_momentum", "max_momentum"):
-            if getattr(self, name) == 1.0:  # SGD's velocity would never decay; AdamW's beta1 must be below 1
-                _fail(name, f"must be below 1 (the weight of the past in a running average), not {getattr(self, name)}")
         if self.optimizer == "sgd" and self.momentum == 0.0:
             _fail("momentum", f"must be above 0 with --optimizer sgd (Nesterov needs momentum), not {self.momentum}")
         if self.weight_decay < 0:
             _fail("weight_decay", f"must be 0 or more, not {self.weight_decay}")
 
     def _check_augmentation(self) -> None:
-        """Ranges that make an image (a shift past the middle, a zoom to nothing or less) or an average (the
-        weights' EMA at decay 1 never moves off the random init) that cannot be meant."""
+        """Ranges that make an image that cannot be meant: a shift past the middle, a zoom to nothing or less."""
         if not 0.0 <= self.shift_limit <= 0.5:
             _fail("shift_limit", f"must be between 0 and 0.5 (a fraction of the side), not {self.shift_limit}")
         if not 0.0 <= self.scale_limit < 1.0:
             _fail("scale_limit", f"must be at least 0 and below 1 (zoom 1 - s to 1 + s), not {self.scale_limit}")
         if not 0.0 <= self.rotate_limit <= 180.0:
             _fail("rotate_limit", f"must be between 0 and 180 degrees, not {self.rotate_limit}")
-        if self.ema_decay == 1.0:
-            _fail("ema_decay", f"must be below 1 (0 = no weight average; at 1 the average never leaves the random "
-                               f"init), not {self.ema_decay}")
 
     def peak_lr(self, num_processes: int = 1) -> float:
         """The OneCycle peak learning rate a run uses: --lr scaled by --lr-scaling from --base-batch-size to the

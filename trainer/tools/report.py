@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.runfolder import METRICS, first_row_reaching, measured_at_some_epochs_only, read_predictions
+from trainer.runfolder import METRICS, measured_at_some_epochs_only, read_predictions
 from trainer.text import counted
 from trainer.tools.evaluate import per_class_markdown
 from trainer.tools.plots import ACC_LINES, LOSS_LINES, misclassified_png, plot
@@ -93,24 +93,21 @@ class Reached:
     note: str  # `measured_note`: "" when measured at every epoch, else an epoch it skipped may have reached first
 
 
-def target_reached(rows: list[dict], target: float, key: str = "test_acc_tta") -> Reached:
-    """The first epoch whose `key` is at or above `target` (`first_row_reaching`), with whether `key` was measured
-    at some epochs only (flip TTA with tta_every_epoch false: the final epoch alone)."""
-    hit = first_row_reaching(rows, target, key)
-    return Reached(hit["epoch"] if hit else None, hit["wall_seconds"] if hit else None, rows[-1]["epoch"],
-                   any(r.get(key) is not None for r in rows), measured_note(rows, key))
-
-
 def reached_of(res: dict[str, Any], suffix: str = "") -> Reached:
-    """`target_reached` of one test figure ("" no TTA, "_tta" flip TTA) of `run_results`, or of a line of
-    benchmarks/time_to_accuracy.py, which has no rows: its no-TTA figure is measured at every epoch (the trainer
-    tests every epoch), and it cannot say at which epochs flip TTA was, so "_tta" of a line is refused."""
-    if "rows" in res:
-        return target_reached(res["rows"], res["target_acc"], FIGURE_KEYS[suffix])
-    if suffix:
-        raise ValueError("a line without metrics rows cannot say at which epochs flip TTA was measured")
-    return Reached(res["epoch_to_target"], res["seconds_to_target"], res["epochs"],
-                   res["final_test_acc"] is not None, "")
+    """When one test figure ("" no TTA, "_tta" flip TTA) first reached the target, as `results_achieved` found it
+    (`epoch_to_target`...), with whether and at which epochs the figure was measured: from the rows of
+    `run_results`, or for a line of benchmarks/time_to_accuracy.py, which has no rows, its no-TTA figure, measured
+    at every epoch (the trainer tests every epoch); it cannot say at which epochs flip TTA was, so "_tta" of a line
+    is refused."""
+    rows = res.get("rows")
+    if rows is None:  # a line of benchmarks/time_to_accuracy.py
+        if suffix:
+            raise ValueError("a line without metrics rows cannot say at which epochs flip TTA was measured")
+        return Reached(res["epoch_to_target"], res["seconds_to_target"], res["epochs"],
+                       res["final_test_acc"] is not None, "")
+    key = FIGURE_KEYS[suffix]
+    return Reached(res["epoch_to_target" + suffix], res["seconds_to_target" + suffix], res["epochs"],
+                   any(r.get(key) is not None for r in rows), measured_note(rows, key))
 
 
 def reached_text(res: dict[str, Any], suffix: str = "", *, cell: bool = True) -> str:
